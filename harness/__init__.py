@@ -1,0 +1,1 @@
+"""bench: a composable benchmark harness for few-shot adaptation of CLIP models."""

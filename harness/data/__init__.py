@@ -1,0 +1,1 @@
+"""Datasets in CoOp's on-disk layout, Dassl few-shot sampling, and CLIP transforms."""

@@ -1,0 +1,121 @@
+"""The contract every method plugin fulfils.
+
+A plugin is a subclass of :class:`Method` exposed through the ``bench.methods`` entry-point group.
+It declares the part of the classifier it changes (its :class:`Slot`), its hyper-parameters as a
+dataclass, and a ``fit`` that trains and installs itself into a :class:`~bench.classifier.ClipClassifier`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import types
+import typing
+from typing import Any, ClassVar
+
+from .errors import BenchError
+
+
+class Slot(enum.IntEnum):
+    """Parts of the classifier, in pipeline order: a stack is applied (and trained) in this order."""
+
+    ENCODER = 0  # the image encoder's weights (e.g. mask tuning)
+    ADAPTER = 1  # a module on image features (e.g. CLIP-Adapter)
+    HEAD = 2  # the classifier head that turns features into logits (e.g. CoOp, linear probe)
+    LOGIT_TERM = 3  # an extra term added to the logits (e.g. Tip-Adapter's cache)
+
+
+@dataclasses.dataclass
+class NoConfig:
+    """Hyper-parameters of a method that has none."""
+
+
+class Method:
+    """Base class of method plugins. Subclasses set the class attributes and implement ``fit``."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    slot: ClassVar[Slot | None] = None  # None: changes nothing (the zero-shot reference row)
+    Config: ClassVar[type] = NoConfig
+    version: ClassVar[str] = "1"  # bump when a change alters results: it is part of the trial id
+    trains: ClassVar[str] = ""  # one line: what is trained and how (shown by `bench list methods`)
+
+    def __init__(self, config: Any):
+        self.config = config
+
+    # -- configuration -------------------------------------------------------------------------
+    @classmethod
+    def defaults_for(cls, dataset: str, shots: int) -> dict[str, Any]:
+        """Per-dataset / per-shot defaults from the paper, applied before user overrides."""
+        return {}
+
+    @classmethod
+    def make_config(cls, dataset: str, shots: int, overrides: dict[str, Any] | None = None):
+        values = {**cls.defaults_for(dataset, shots), **(overrides or {})}
+        fields = {f.name: f for f in dataclasses.fields(cls.Config)}
+        for key in values:
+            if key not in fields:
+                known = ", ".join(sorted(fields)) or "none"
+                raise BenchError(f"unknown setting '{cls.name}.{key}'; {cls.name} accepts: {known}")
+        hints = typing.get_type_hints(cls.Config)
+        return cls.Config(**{k: coerce(f"{cls.name}.{k}", v, hints[k]) for k, v in values.items()})
+
+    # -- training ------------------------------------------------------------------------------
+    def fit(self, clf, ctx) -> dict[str, Any]:
+        """Train on ``ctx`` (the trial's few-shot data) and install the result into ``clf``.
+
+        Returns extra row fields (e.g. ``{"mask_sparsity": 2.5}``); unknown keys go to ``extras``.
+        """
+        raise NotImplementedError
+
+
+def config_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def config_json(config: Any) -> str:
+    return json.dumps(config_dict(config), sort_keys=True)
+
+
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+def coerce(name: str, value: Any, hint: Any) -> Any:
+    """Convert ``value`` (often a string from ``--set``) to the field's type, or fail in one line."""
+    origin = typing.get_origin(hint)
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if value is None and type(None) in typing.get_args(hint):
+        return None
+    if origin in (typing.Union, types.UnionType) and args:
+        if isinstance(value, str) and value.lower() in ("none", "null"):
+            return None
+        return coerce(name, value, args[0])
+    if origin in (tuple, list):
+        items = value.split(",") if isinstance(value, str) else list(value)
+        inner = args[0] if args else str
+        out = [coerce(name, v, inner) for v in items]
+        return tuple(out) if origin is tuple else out
+    try:
+        if hint is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).lower()
+            if text in _TRUE | _FALSE:
+                return text in _TRUE
+            raise ValueError
+        if hint is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(str(value)) if isinstance(value, str) else int(value)
+        if hint is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if hint is str:
+            return str(value)
+    except ValueError:
+        pass
+    else:
+        return value
+    raise BenchError(f"bad value {value!r} for '{name}': expected {getattr(hint, '__name__', hint)}")

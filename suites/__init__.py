@@ -1,0 +1,1 @@
+"""Declarative suite files (TOML), shipped with the package."""
