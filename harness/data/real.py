@@ -1,0 +1,1 @@
+"""The real benchmark datasets in CoOp's on-disk layout."""

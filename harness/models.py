@@ -1,0 +1,94 @@
+"""One factory for models: open_clip names and pretrained tags, plus bench's embedded ``tiny`` CLIP."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+from .errors import BenchError
+
+ASSETS = Path(__file__).parent / "assets"
+TINY_WEIGHTS = ASSETS / "tiny.safetensors"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    description: str
+    default_pretrained: str
+
+
+# The table `bench list models` shows; any other open_clip model name works too.
+MODELS = {
+    "tiny": ModelInfo("tiny", "bench's embedded ViT CLIP (32 px, patch 4), pre-trained on synthetic captions",
+                      "bundled"),
+    "ViT-B-16": ModelInfo("ViT-B-16", "OpenAI CLIP ViT-B/16 (loaded as ViT-B-16-quickgelu for openai weights)",
+                          "openai"),
+    "ViT-B-32": ModelInfo("ViT-B-32", "OpenAI CLIP ViT-B/32 (loaded as ViT-B-32-quickgelu for openai weights)",
+                          "openai"),
+}
+
+# OpenAI weights were trained with QuickGELU; the plain configs use nn.GELU and only warn.
+_QUICKGELU_TAGS = {"openai", "dfn2b"}
+
+
+def register_tiny() -> None:
+    import open_clip
+
+    if "tiny" not in open_clip.list_models():
+        open_clip.add_model_config(ASSETS / "tiny.json")
+
+
+def resolve(model: str, pretrained: str | None) -> tuple[str, str | None]:
+    """Map (model, pretrained) to what open_clip is asked for."""
+    pretrained = pretrained or MODELS.get(model, ModelInfo(model, "", "")).default_pretrained or None
+    if model == "tiny" and pretrained in (None, "bundled"):
+        return "tiny", str(TINY_WEIGHTS)
+    if pretrained in _QUICKGELU_TAGS and not model.endswith("-quickgelu"):
+        model = f"{model}-quickgelu"
+    return model, pretrained
+
+
+def load_model(model: str, pretrained: str | None, device: str = "cpu", cache_dir: str | None = None):
+    """Return ``(model, eval_transform, tokenizer)``, the model frozen and in eval mode.
+
+    ``pretrained`` is an open_clip tag (read from the weights cache; offline unless BENCH_ONLINE=1),
+    a local checkpoint path, ``none`` for random weights, or ``bundled`` for tiny's own weights.
+    """
+    import open_clip
+
+    if not os.environ.get("BENCH_ONLINE"):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    register_tiny()
+    name, weights = resolve(model, pretrained)
+    if name not in open_clip.list_models():
+        from .registry import suggest
+
+        raise BenchError(f"unknown model '{model}'{suggest(model, open_clip.list_models())}; see `bench list models`")
+    if weights in ("none", "random"):
+        weights = None
+    if weights and not _is_tag(name, weights) and not Path(weights).expanduser().is_file():
+        raise BenchError(f"weights '{weights}' are neither a pretrained tag of {name} nor a file; "
+                         f"pass --pretrained with a tag ({', '.join(open_clip.list_pretrained_tags_by_model(name))}) "
+                         "or a checkpoint path")
+    if weights and not _is_tag(name, weights):
+        weights = str(Path(weights).expanduser())
+    try:
+        clip, _, preprocess = open_clip.create_model_and_transforms(
+            name, pretrained=weights, device=device, cache_dir=cache_dir)
+    except RuntimeError as err:
+        if weights and _is_tag(name, weights):
+            raise BenchError(
+                f"weights for {name} '{weights}' are not in the local cache and downloading is off "
+                f"({str(err).splitlines()[0][:160]}); put the checkpoint in the Hugging Face cache "
+                f"(HF_HOME or --weights-cache) or pass --pretrained /path/to/checkpoint.pt, "
+                "or set BENCH_ONLINE=1 to download") from None
+        raise
+    clip.eval().requires_grad_(False)
+    return clip, preprocess, open_clip.get_tokenizer(name)
+
+
+def _is_tag(name: str, weights: str) -> bool:
+    import open_clip
+
+    return weights in open_clip.list_pretrained_tags_by_model(name)

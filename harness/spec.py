@@ -1,0 +1,54 @@
+"""TrialSpec: plain data describing one trial, with a stable id."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from typing import Any
+
+from .plugin import config_dict
+from .registry import parse_stack
+
+
+@dataclasses.dataclass(frozen=True)
+class TrialSpec:
+    run: str
+    suite: str
+    dataset: str
+    shots: int
+    seed: int
+    stack: str  # e.g. "coop+mask", as written by the user
+    model: str = "tiny"
+    pretrained: str = "bundled"
+    overrides: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # method -> key -> value
+    data_root: str | None = None
+    device: str = "cpu"
+    results: str = "results"
+
+    def configs(self) -> list[tuple[type, Any]]:
+        """The stack's plugins in pipeline order, each with its resolved config."""
+        return [(m, m.make_config(self.dataset, self.shots, self.overrides.get(m.name)))
+                for m in parse_stack(self.stack)]
+
+    def hyperparameters(self) -> dict[str, dict[str, Any]]:
+        return {m.name: config_dict(cfg) for m, cfg in self.configs()}
+
+    @property
+    def trial_id(self) -> str:
+        """Hash of every field that changes the result (not run name, paths or device)."""
+        plugins = self.configs()
+        key = {
+            "dataset": self.dataset, "shots": self.shots, "seed": self.seed,
+            "pipeline": [m.name for m, _ in plugins],
+            "versions": {m.name: m.version for m, _ in plugins},
+            "config": {m.name: config_dict(c) for m, c in plugins},
+            "model": self.model, "pretrained": self.pretrained,
+        }
+        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrialSpec":
+        return cls(**d)

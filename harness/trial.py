@@ -1,0 +1,122 @@
+"""One trial: few-shot split -> model -> fit each method of the stack -> test top-1 -> one row."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import random
+import time
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from . import __version__
+from .classifier import ClipClassifier, ZeroShotHead
+from .context import TrialContext
+from .data.catalog import load_fewshot
+from .errors import BenchError
+from .models import load_model
+from .plugin import Slot, config_dict
+from .spec import TrialSpec
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "cuda" and not torch.cuda.is_available():
+        raise BenchError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+    return torch.device(device)
+
+
+def build_context(spec: TrialSpec, progress: Callable[[str], None] = lambda m: None) -> TrialContext:
+    """Load the trial's data and model and wrap them as a zero-shot classifier."""
+    device = resolve_device(spec.device)
+    data, short = load_fewshot(spec.dataset, spec.data_root, spec.shots, spec.seed)
+    if short:
+        progress(f"{len(short)} classes of {spec.dataset} have fewer than {spec.shots} train images; all taken")
+    model, preprocess, tokenizer = load_model(spec.model, spec.pretrained, str(device))
+    size = model.visual.image_size
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    norm = next(t for t in preprocess.transforms if type(t).__name__ == "Normalize")
+    ctx = TrialContext(spec=spec, clf=None, tokenizer=tokenizer, data=data, device=device, image_size=int(size),
+                       mean=tuple(norm.mean), std=tuple(norm.std), progress=progress)
+    ctx.clf = ClipClassifier(model, ZeroShotHead(torch.zeros(1, 1), 1.0)).to(device)
+    ctx.clf.head = ZeroShotHead(ctx.text_weights(), ctx.clf.logit_scale).to(device)
+    return ctx
+
+
+@torch.no_grad()
+def evaluate(ctx: TrialContext, split: str) -> tuple[float, int]:
+    """Top-1 accuracy (percent) of the current classifier on a split, and the split's size."""
+    if not ctx.split(split):
+        return float("nan"), 0
+    ctx.clf.eval()
+    feats = ctx.features(split)[0]
+    labels = ctx.labels(split)
+    correct = sum(int((ctx.clf.logits_from_features(f).argmax(-1) == y).sum())
+                  for f, y in zip(feats.split(500), labels.split(500)))
+    return 100.0 * correct / len(labels), len(labels)
+
+
+def run_trial(spec: TrialSpec, progress: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
+    """Run one trial and return its result row (raises on failure; the caller records errors)."""
+    started = dt.datetime.now(dt.timezone.utc)
+    seed_everything(spec.seed)
+    if spec.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    ctx = build_context(spec, progress)
+    row: dict[str, Any] = {"mask_sparsity": None, "extras": {}}
+    trainable = 0
+    t0 = time.perf_counter()
+    for plugin, config in spec.configs():
+        progress(f"fitting {plugin.name}")
+        seed_everything(spec.seed)
+        out = dict(plugin(config).fit(ctx.clf, ctx) or {})
+        trainable += int(out.pop("trainable_params", 0))
+        for key in list(out):
+            if key in ROW_EXTRA_KEYS:
+                row[key] = out.pop(key)
+        row["extras"].update({f"{plugin.name}.{k}": v for k, v in out.items()})
+        if plugin.slot == Slot.ENCODER:
+            ctx.encoder_version += 1
+    fit_seconds = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    val_top1, _ = evaluate(ctx, "val")
+    top1, n_test = evaluate(ctx, "test")
+    eval_seconds = time.perf_counter() - t0
+    row.update(
+        status="ok", error=None, top1=top1, val_top1=val_top1, n_train=len(ctx.data.train), n_test=n_test,
+        trainable_params=trainable, fit_seconds=fit_seconds, eval_seconds=eval_seconds,
+        peak_mem_mb=peak_memory_mb(spec.device), started_at=started,
+        finished_at=dt.datetime.now(dt.timezone.utc),
+    )
+    row["extras"] = json.dumps(row["extras"], sort_keys=True, default=str)
+    return row
+
+
+# Row fields a method may return from fit() besides trainable_params.
+ROW_EXTRA_KEYS = {"mask_sparsity", "mask_sparsity_encoder"}
+
+
+def peak_memory_mb(device: str) -> float:
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def spec_fields(spec: TrialSpec) -> dict[str, Any]:
+    import open_clip
+
+    return {
+        "run": spec.run, "trial_id": spec.trial_id, "suite": spec.suite, "dataset": spec.dataset,
+        "shots": spec.shots, "seed": spec.seed, "stack": spec.stack, "model": spec.model,
+        "pretrained": spec.pretrained, "hparams": json.dumps(spec.hyperparameters(), sort_keys=True),
+        "device": spec.device, "torch": torch.__version__, "open_clip": open_clip.__version__,
+        "bench": __version__,
+    }
