@@ -1,1 +1,255 @@
-x=1
+"""The `bench` command: run, report, list (and data)."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import BenchError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Benchmark few-shot adaptation methods for CLIP models.")
+# Wide tables stay readable when piped to a file (rich would otherwise wrap at 80 columns).
+out = Console(width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True)
+
+DEFAULT_RESULTS = os.environ.get("BENCH_RESULTS", "results")
+
+
+class Format(str, Enum):
+    table = "table"
+    markdown = "markdown"
+    csv = "csv"
+    latex = "latex"
+
+
+class Kind(str, Enum):
+    methods = "methods"
+    suites = "suites"
+    datasets = "datasets"
+    models = "models"
+
+
+def _split(text: Optional[str]) -> Optional[list[str]]:
+    return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+
+@app.command()
+def run(
+    suite: str = typer.Option("synthetic", help="Suite name or path to a .toml suite file."),
+    methods: Optional[str] = typer.Option(None, help="Comma list of method stacks, e.g. mask,coop+mask."),
+    datasets: Optional[str] = typer.Option(None, help="Comma list of datasets (default: the suite's)."),
+    shots: Optional[str] = typer.Option(None, help="Comma list of shot counts, e.g. 1,2,4."),
+    seeds: Optional[str] = typer.Option(None, help="Comma list of seeds, e.g. 1,2,3."),
+    model: Optional[str] = typer.Option(None, help="open_clip model name (default: the suite's)."),
+    pretrained: Optional[str] = typer.Option(None, help="Pretrained tag or checkpoint path."),
+    data_root: Optional[str] = typer.Option(None, help="Folder holding the datasets in CoOp's layout."),
+    run_name: Optional[str] = typer.Option(None, "--run", help="Run name (default: the suite's name)."),
+    results: str = typer.Option(DEFAULT_RESULTS, help="Results folder or pyarrow filesystem URI."),
+    device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when visible)."),
+    gpus_per_trial: Optional[float] = typer.Option(None, help="GPUs per trial (fractions allowed)."),
+    cpus_per_trial: Optional[float] = typer.Option(None, help="CPUs per trial (fractions allowed)."),
+    max_concurrent: Optional[int] = typer.Option(None, help="Most trials running at once."),
+    address: Optional[str] = typer.Option(None, help="Address of a running Ray cluster to join."),
+    set_: List[str] = typer.Option([], "--set", help="Method setting METHOD.KEY=VALUE (repeatable)."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Re-run only the trials that failed."),
+    report_after: bool = typer.Option(True, "--report/--no-report", help="Print the report at the end."),
+):
+    """Run every trial (dataset x shots x seed x method stack) of a suite; finished trials are skipped."""
+    from .plan import parse_int_list, parse_sets, plan_trials
+    from .results import RunFolder
+    from .suite import load_suite
+
+    spec_suite = load_suite(suite)
+    run_name = run_name or spec_suite.name
+    specs = plan_trials(
+        spec_suite, run=run_name, results=results, methods=_split(methods), datasets=_split(datasets),
+        shots=parse_int_list(shots, "shots") if shots else None,
+        seeds=parse_int_list(seeds, "seeds") if seeds else None, model=model, pretrained=pretrained,
+        data_root=data_root, device=device, sets=parse_sets(set_))
+    folder = RunFolder(results, run_name)
+    folder.ensure()
+    done, failed = folder.done_ids(), folder.failed_ids()
+    todo = [s for s in specs if (s.trial_id in failed if retry_failed else s.trial_id not in done)]
+    err.print(f"[bold]{run_name}[/]: {len(specs)} trials, {len(specs) - len(todo)} already done or skipped, "
+              f"running {len(todo)} -> {folder.root}")
+    if todo:
+        from .scheduler import run_with_ray
+
+        gpus = gpus_per_trial if gpus_per_trial is not None else (
+            spec_suite.gpus_per_trial or (1.0 if todo[0].device == "cuda" else 0.0))
+        try:
+            run_with_ray(todo, address=address, cpus_per_trial=cpus_per_trial or spec_suite.cpus_per_trial,
+                         gpus_per_trial=gpus, max_concurrent=max_concurrent, console=err)
+        except KeyboardInterrupt:
+            left = len({s.trial_id for s in specs} - folder.done_ids())
+            err.print(f"interrupted: finished trials are kept; {left} trials left — run the same command "
+                      "again to continue")
+            raise typer.Exit(130)
+    ids = {s.trial_id for s in specs}
+    rows = folder.read()
+    rows = rows[rows.trial_id.isin(ids)]
+    n_failed = int((rows.status != "ok").sum())
+    if report_after and (rows.status == "ok").any():
+        _print_report(rows, None, Format.table, std=False)
+    err.print(f"{int((rows.status == 'ok').sum())} of {len(ids)} trials ok, {n_failed} failed"
+              + (f"; see `bench report --run {run_name} --errors`, then `--retry-failed`" if n_failed else ""))
+    if n_failed or len(rows) < len(ids):
+        raise typer.Exit(1)
+
+
+def _print_report(rows, shots, fmt: Format, std: bool, compare: Optional[str] = None) -> None:
+    from .report import accuracy_tables, gain_rows, render, rich_table, text_rows
+
+    for k, (mean, sd) in accuracy_tables(rows, shots).items():
+        title = f"{k}-shot top-1 (%), mean over seeds"
+        header, body, gain = text_rows(mean, sd if std else None, gain_rows(mean))
+        if fmt == Format.table:
+            out.print(rich_table(title, header, body, gain))
+        else:
+            out.print(render(title, header, body, gain, fmt.value), end="", markup=False, highlight=False,
+                      soft_wrap=True)
+        if compare:
+            _print_comparison(rows, mean, k, fmt)
+
+
+def _print_comparison(rows, mean, shots: int, fmt: Format) -> None:
+    from .published import compare as compare_published
+
+    backbone = rows["model"].dropna().iloc[0]
+    table = compare_published(mean, shots, backbone)
+    title = f"{shots}-shot: this run vs published ({backbone})"
+    if table is None or table.empty:
+        out.print(f"{title}: no published numbers for these methods and datasets")
+        return
+    header = [str(c) for c in [table.index.name or "method", *table.columns]]
+    body = [[str(i), *("-" if v is None or v != v else (f"{v:.2f}" if isinstance(v, float) else str(v))
+                       for v in row)] for i, row in zip(table.index, table.values)]
+    from .report import render, rich_table
+
+    out.print(rich_table(title, header, body, []) if fmt == Format.table
+              else render(title, header, body, [], fmt.value), markup=False)
+
+
+@app.command()
+def report(
+    run_name: Optional[str] = typer.Option(None, "--run", help="Run name (default: the only or latest run)."),
+    results: str = typer.Option(DEFAULT_RESULTS, help="Results folder or pyarrow filesystem URI."),
+    shots: Optional[int] = typer.Option(None, help="Only this shot count."),
+    fmt: Format = typer.Option(Format.table, "--format", help="table, markdown, csv or latex."),
+    std: bool = typer.Option(False, "--std", help="Show the standard deviation over seeds."),
+    plot: Optional[Path] = typer.Option(None, help="Write few-shot curves to this PNG file."),
+    errors: bool = typer.Option(False, "--errors", help="List failed trials with their error."),
+    compare: Optional[str] = typer.Option(None, help="'paper': put the published numbers beside the cells."),
+):
+    """Paper-style tables of a run: mean over seeds per stack and dataset, Average, gain rows."""
+    from .report import errors_table, load_rows, plot_curves
+    from .results import list_runs
+
+    if run_name is None:
+        runs = list_runs(results)
+        if not runs:
+            raise BenchError(f"no runs under {results}; run `bench run` first or pass --results")
+        run_name = max(runs, key=lambda r: (Path(results) / r / "trials").stat().st_mtime)
+    if compare not in (None, "paper"):
+        raise BenchError(f"--compare takes 'paper', got '{compare}'")
+    rows = load_rows(results, run_name)
+    if errors:
+        bad = errors_table(rows)
+        table = Table(title=f"failed trials of {run_name}: {len(bad)}", title_justify="left")
+        for col in ("trial_id", "dataset", "shots", "seed", "stack", "error"):
+            table.add_column(col, overflow="fold")
+        for r in bad:
+            table.add_row(*r)
+        out.print(table)
+        return
+    if not (rows.status == "ok").any():
+        raise BenchError(f"run '{run_name}' has no successful trials; see `bench report --run {run_name} --errors`")
+    _print_report(rows, shots, fmt, std, compare)
+    if plot:
+        err.print(f"wrote {plot_curves(rows, plot)}")
+
+
+@app.command("list")
+def list_(what: Kind = typer.Argument(..., help="methods, suites, datasets or models")):
+    """What is installed, with one-line descriptions."""
+    if what == Kind.methods:
+        from .registry import broken_plugins, methods
+
+        table = Table("method", "part it changes", "description", "hyper-parameters (defaults)", "trains")
+        for name, m in sorted(methods().items()):
+            params = ", ".join(f"{f.name}={_default(f)}" for f in dataclasses.fields(m.Config))
+            table.add_row(name, m.slot.name.lower() if m.slot is not None else "-", m.description, params or "-",
+                          m.trains or "-")
+        for name, why in broken_plugins().items():
+            table.add_row(name, "-", f"[red]failed to load: {why}[/]", "-", "-")
+    elif what == Kind.suites:
+        from .suite import builtin_suites, load_suite
+
+        table = Table("suite", "description", "datasets", "shots", "seeds", "methods")
+        for name in sorted(builtin_suites()):
+            s = load_suite(name)
+            table.add_row(name, s.description, ", ".join(s.datasets), ",".join(map(str, s.shots)),
+                          ",".join(map(str, s.seeds)), ", ".join(s.methods))
+    elif what == Kind.datasets:
+        from .data.catalog import datasets
+
+        table = Table("dataset", "description", "folder", "prompt", "source")
+        for name, d in sorted(datasets().items()):
+            table.add_row(name, d.title, d.folder, d.template, "generated" if d.synthetic else "--data-root")
+    else:
+        from .models import MODELS
+
+        table = Table("model", "description", "default --pretrained")
+        for m in MODELS.values():
+            table.add_row(m.name, m.description, m.default_pretrained)
+        table.caption = "any other open_clip model name works as well (open_clip.list_models())"
+    out.print(table)
+
+
+def _default(field: dataclasses.Field):
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return "?"
+
+
+def _mount_data_commands() -> None:
+    try:
+        from .data_cli import data_app
+    except ImportError:
+        return
+    app.add_typer(data_app, name="data")
+
+
+_mount_data_commands()
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Run the CLI; user mistakes print one line and return 2, never a traceback."""
+    try:
+        result = app(args=argv, prog_name="bench", standalone_mode=False)
+        return result if isinstance(result, int) else 0
+    except BenchError as e:
+        err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        return e.exit_code
+    except typer.Exit as e:
+        return e.exit_code
+    except typer.exceptions.TyperException as e:  # usage errors: click's own one-line message
+        e.show()
+        return getattr(e, "exit_code", 2)
+    except (typer.Abort, KeyboardInterrupt):
+        err.print("interrupted")
+        return 130
+
+
+def entry() -> None:
+    sys.exit(main())

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
@@ -41,6 +42,7 @@ class TrialContext:
     mean: tuple = T.OPENAI_MEAN
     std: tuple = T.OPENAI_STD
     progress: Callable[[str], None] = lambda msg: None  # short status lines for long fits
+    artifact_dir: Path | None = None  # where a method may save files (e.g. learned masks); None: nowhere
     encoder_version: int = 0  # bumped by the harness whenever an encoder-slot method changed the weights
     _features: dict = dataclasses.field(default_factory=dict)
 

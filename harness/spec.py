@@ -24,6 +24,8 @@ class TrialSpec:
     data_root: str | None = None
     device: str = "cpu"
     results: str = "results"
+    protocol: str = "fewshot"  # "fewshot" | "base2new" | "shift"
+    shift_targets: tuple[str, ...] = ()  # shift protocol: datasets tested besides the training one
 
     def configs(self) -> list[tuple[type, Any]]:
         """The stack's plugins in pipeline order, each with its resolved config."""
@@ -44,6 +46,8 @@ class TrialSpec:
             "config": {m.name: config_dict(c) for m, c in plugins},
             "model": self.model, "pretrained": self.pretrained,
         }
+        if self.protocol != "fewshot":
+            key.update(protocol=self.protocol, shift_targets=list(self.shift_targets))
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict[str, Any]:
@@ -51,4 +55,4 @@ class TrialSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrialSpec":
-        return cls(**d)
+        return cls(**{**d, "shift_targets": tuple(d.get("shift_targets", ()))})

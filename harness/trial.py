@@ -5,6 +5,7 @@ import datetime as dt
 import json
 import random
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -62,13 +63,15 @@ def evaluate(ctx: TrialContext, split: str) -> tuple[float, int]:
     return 100.0 * correct / len(labels), len(labels)
 
 
-def run_trial(spec: TrialSpec, progress: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
+def run_trial(spec: TrialSpec, progress: Callable[[str], None] = lambda m: None,
+              artifact_dir: Path | None = None) -> dict[str, Any]:
     """Run one trial and return its result row (raises on failure; the caller records errors)."""
     started = dt.datetime.now(dt.timezone.utc)
     seed_everything(spec.seed)
     if spec.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     ctx = build_context(spec, progress)
+    ctx.artifact_dir = artifact_dir
     row: dict[str, Any] = {"mask_sparsity": None, "extras": {}}
     trainable = 0
     t0 = time.perf_counter()

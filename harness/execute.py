@@ -1,0 +1,55 @@
+"""Run one trial and always leave exactly one row for it: ``ok`` with metrics, or ``error`` with why."""
+from __future__ import annotations
+
+import datetime as dt
+import socket
+import traceback
+from typing import Any, Callable
+
+from .errors import BenchError
+from .results import RunFolder
+from .spec import TrialSpec
+from .trial import run_trial, spec_fields
+
+
+def error_row(spec: TrialSpec, message: str) -> dict[str, Any]:
+    now = dt.datetime.now(dt.timezone.utc)
+    return {**safe_spec_fields(spec), "status": "error", "error": message, "hostname": socket.gethostname(),
+            "started_at": now, "finished_at": now}
+
+
+def safe_spec_fields(spec: TrialSpec) -> dict[str, Any]:
+    try:
+        return spec_fields(spec)
+    except Exception:  # e.g. a plugin that no longer loads: keep what plain data we have
+        return {"run": spec.run, "trial_id": _id_or_none(spec), "suite": spec.suite, "dataset": spec.dataset,
+                "shots": spec.shots, "seed": spec.seed, "stack": spec.stack, "model": spec.model,
+                "pretrained": spec.pretrained, "device": spec.device, "protocol": spec.protocol}
+
+
+def _id_or_none(spec: TrialSpec) -> str | None:
+    try:
+        return spec.trial_id
+    except Exception:
+        return None
+
+
+def execute_trial(spec: TrialSpec, progress: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
+    """Run ``spec`` and write its row into the run folder; a failure becomes an error row.
+
+    The traceback of an unexpected failure is written next to the rows as ``<trial_id>.traceback.txt``.
+    """
+    folder = RunFolder(spec.results, spec.run)
+    try:
+        row = {**spec_fields(spec), "hostname": socket.gethostname(),
+               **run_trial(spec, progress, artifact_dir=folder.artifact_dir(spec.trial_id))}
+    except BenchError as err:
+        row = error_row(spec, str(err))
+    except Exception as err:  # a bug or a resource problem inside one trial must not end the run
+        row = error_row(spec, f"{type(err).__name__}: {err}".splitlines()[0][:500])
+        tb = folder.artifact_dir(spec.trial_id)
+        if tb is not None:
+            tb.mkdir(parents=True, exist_ok=True)
+            (tb / "traceback.txt").write_text(traceback.format_exc())
+    folder.write_row(row)
+    return row

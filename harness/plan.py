@@ -1,0 +1,80 @@
+"""Turn a suite plus command-line choices into validated TrialSpecs, before anything runs."""
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from .data.catalog import get_dataset
+from .errors import BenchError
+from .registry import get_method, parse_stack
+from .results import check_run_name
+from .spec import TrialSpec
+from .suite import Suite
+
+
+def parse_int_list(text: str, what: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise BenchError(f"--{what} must be a comma list of integers, e.g. 1,2,4; got '{text}'") from None
+    if not values:
+        raise BenchError(f"--{what} is empty; give a comma list of integers, e.g. 1,2,4")
+    return values
+
+
+def parse_sets(items: list[str]) -> dict[str, dict[str, Any]]:
+    """``["mask.lr=1e-4", "coop.n_ctx=4"]`` -> ``{"mask": {"lr": "1e-4"}, "coop": {"n_ctx": "4"}}``."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        method, dot, name = key.strip().partition(".")
+        if not (eq and dot and method and name):
+            raise BenchError(f"bad --set '{item}': write METHOD.KEY=VALUE, e.g. --set mask.lr=1e-4")
+        get_method(method)
+        out.setdefault(method, {})[name] = value.strip()
+    return out
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def plan_trials(suite: Suite, *, run: str, results: str, methods: list[str] | None = None,
+                datasets: list[str] | None = None, shots: list[int] | None = None,
+                seeds: list[int] | None = None, model: str | None = None, pretrained: str | None = None,
+                data_root: str | None = None, device: str | None = None,
+                sets: dict[str, dict[str, Any]] | None = None) -> list[TrialSpec]:
+    check_run_name(run)
+    stacks = [s.strip() for s in (methods or suite.methods)]
+    for stack in stacks:
+        parse_stack(stack)
+    datasets = datasets or suite.datasets
+    for name in [*datasets, *suite.shift_targets]:
+        get_dataset(name)
+    shots = shots or suite.shots
+    if any(k <= 0 for k in shots):
+        raise BenchError(f"shots must be positive integers, got {shots}")
+    device = device or suite.device or default_device()
+    if device not in ("cpu", "cuda"):
+        raise BenchError(f"--device must be cpu or cuda, got '{device}'")
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise BenchError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+    specs = []
+    for dataset, k, seed, stack in itertools.product(datasets, shots, seeds or suite.seeds, stacks):
+        overrides = suite.overrides_for(dataset)
+        for method, values in (sets or {}).items():
+            overrides.setdefault(method, {}).update(values)
+        in_stack = set(stack.split("+"))
+        spec = TrialSpec(run=run, suite=suite.name, dataset=dataset, shots=k, seed=seed, stack=stack,
+                         model=model or suite.model, pretrained=pretrained or suite.pretrained,
+                         overrides={m: v for m, v in overrides.items() if m in in_stack},
+                         data_root=data_root, device=device, results=str(results), protocol=suite.protocol,
+                         shift_targets=tuple(suite.shift_targets))
+        spec.configs()  # validates every --set key and value now, not inside a worker
+        specs.append(spec)
+    return specs

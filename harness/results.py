@@ -1,0 +1,109 @@
+"""Run folders of one-row Parquet files: ``<results>/<run>/trials/<trial_id>.parquet``.
+
+Each trial writes its own file through a temporary name and an atomic rename, so concurrent trials
+never collide and a half-written file is never read (readers skip names starting with '.').
+``results`` may be a local folder or a pyarrow filesystem URI (e.g. ``s3://bucket/bench``).
+"""
+from __future__ import annotations
+
+import re
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from .errors import BenchError
+
+SCHEMA_VERSION = 1
+_TS = pa.timestamp("us", tz="UTC")
+SCHEMA = pa.schema([
+    ("schema_version", pa.int32()),
+    ("run", pa.string()), ("trial_id", pa.string()), ("suite", pa.string()), ("protocol", pa.string()),
+    ("dataset", pa.string()), ("shots", pa.int32()), ("seed", pa.int32()), ("stack", pa.string()),
+    ("model", pa.string()), ("pretrained", pa.string()), ("hparams", pa.string()),
+    ("status", pa.string()), ("error", pa.string()),
+    ("top1", pa.float64()), ("val_top1", pa.float64()),
+    ("top1_new", pa.float64()), ("hm", pa.float64()),  # base-to-new protocol only
+    ("n_train", pa.int64()), ("n_test", pa.int64()), ("trainable_params", pa.int64()),
+    ("mask_sparsity", pa.float64()), ("mask_sparsity_encoder", pa.float64()),
+    ("fit_seconds", pa.float64()), ("eval_seconds", pa.float64()), ("peak_mem_mb", pa.float64()),
+    ("device", pa.string()), ("hostname", pa.string()),
+    ("torch", pa.string()), ("open_clip", pa.string()), ("bench", pa.string()),
+    ("started_at", _TS), ("finished_at", _TS), ("extras", pa.string()),
+])
+_RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def check_run_name(run: str) -> str:
+    if not _RUN_NAME.match(run) or ".." in run:
+        raise BenchError(f"bad run name '{run}': use letters, digits, '.', '_' and '-' (no slashes)")
+    return run
+
+
+class RunFolder:
+    """One run's folder of trial rows (and per-trial artifacts such as saved masks)."""
+
+    def __init__(self, results: str | Path, run: str):
+        self.run = check_run_name(run)
+        results = str(results)
+        if "://" in results:
+            self.fs, base = pafs.FileSystem.from_uri(results)
+        else:
+            self.fs, base = pafs.LocalFileSystem(), str(Path(results).expanduser().resolve())
+        self.root = f"{base}/{run}"
+        self.trials = f"{self.root}/trials"
+
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.fs, pafs.LocalFileSystem)
+
+    def exists(self) -> bool:
+        return self.fs.get_file_info(self.trials).type == pafs.FileType.Directory
+
+    def artifact_dir(self, trial_id: str) -> Path | None:
+        """A local folder for a trial's artifacts (None on object stores)."""
+        return Path(self.root) / "artifacts" / trial_id if self.is_local else None
+
+    def ensure(self) -> None:
+        try:
+            self.fs.create_dir(self.trials, recursive=True)
+            probe = f"{self.trials}/.write-probe-{uuid.uuid4().hex}"
+            with self.fs.open_output_stream(probe) as out:
+                out.write(b"")
+            self.fs.delete_file(probe)
+        except OSError as err:
+            raise BenchError(f"results folder {self.root} is not writable ({err.strerror or err}); "
+                             "pass --results with a folder you can write to") from None
+
+    def write_row(self, row: dict[str, Any]) -> None:
+        row = {"schema_version": SCHEMA_VERSION, **row}
+        table = pa.Table.from_pylist([{k: row.get(k) for k in SCHEMA.names}], schema=SCHEMA)
+        final = f"{self.trials}/{row['trial_id']}.parquet"
+        tmp = f"{self.trials}/.tmp-{row['trial_id']}-{uuid.uuid4().hex}.parquet"
+        pq.write_table(table, tmp, filesystem=self.fs)
+        self.fs.move(tmp, final)  # a rename on local and shared file systems: atomic
+
+    def read(self) -> pd.DataFrame:
+        """All rows of the run (empty frame with the schema's columns when there are none)."""
+        if not self.exists():
+            return SCHEMA.empty_table().to_pandas()
+        dataset = pads.dataset(self.trials, format="parquet", filesystem=self.fs, schema=SCHEMA,
+                               exclude_invalid_files=False)
+        return dataset.to_table().to_pandas()
+
+    def done_ids(self) -> set[str]:
+        rows = self.read()
+        return set(rows.loc[rows["status"] == "ok", "trial_id"])
+
+    def failed_ids(self) -> set[str]:
+        rows = self.read()
+        return set(rows.loc[rows["status"] != "ok", "trial_id"])
+
+
+def list_runs(results: str | Path) -> list[str]:
+    return sorted(p.parent.name for p in Path(results).expanduser().glob("*/trials"))

@@ -1,0 +1,130 @@
+"""Ray Tune scheduling: one function trial per TrialSpec, one rich progress line in the terminal.
+
+The trainable writes its own Parquet row (harness.execute), so results never depend on Tune's state;
+Tune's files live under ``<run>/tune`` for debugging only.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+    TimeRemainingColumn
+
+from .errors import BenchError
+from .results import RunFolder
+from .spec import TrialSpec
+
+_QUIET_ENV = {
+    "RAY_CHDIR_TO_TRIAL_DIR": "0",  # keep the launch directory as the trials' cwd
+    "RAY_AIR_NEW_OUTPUT": "0",  # with verbose=0: no experiment box
+    "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",  # our rows are the results; skip Tune's csv/json/tb files
+    "RAY_DEDUP_LOGS": "1",
+    "PYTHONWARNINGS": "ignore::DeprecationWarning",
+}
+
+
+def _trainable(config: dict[str, Any]) -> None:
+    import torch
+    from ray import tune
+
+    from .execute import execute_trial
+
+    torch.set_num_threads(max(1, int(config["cpus"])))
+    row = execute_trial(TrialSpec.from_dict(config["spec"]))
+    tune.report({"ok": row["status"] == "ok", "top1": row.get("top1") or float("nan")})
+
+
+def _progress_callback_base():
+    from ray import tune
+
+    return tune.Callback
+
+
+class _ProgressCallback(_progress_callback_base()):
+    """Advances the rich progress bar; records trials whose worker died without writing a row."""
+
+    def __init__(self, bar, task, folder: RunFolder, counts: dict[str, int]):
+        self.bar, self.task, self.folder, self.counts = bar, task, folder, counts
+
+    def __getstate__(self):  # Tune pickles its callbacks with the experiment state; ours are driver-only
+        return {}
+
+    def _advance(self, outcome: str) -> None:
+        self.counts[outcome] += 1
+        self.bar.update(self.task, advance=1, failed=self.counts["error"] + self.counts["lost"])
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self._advance("ok" if result.get("ok") else "error")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        spec = TrialSpec.from_dict(trial.config["spec"])
+        if spec.trial_id not in self.folder.done_ids():
+            from .execute import error_row
+
+            self.folder.write_row(error_row(spec, "trial process died (killed or out of memory); "
+                                                  "rerun with --retry-failed"))
+        self._advance("lost")
+
+
+def _init_ray(address: str | None, num_cpus: float | None) -> None:
+    import ray
+
+    for key, value in _QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    if ray.is_initialized():
+        return
+    if address:
+        # `ray start` turns token authentication on; a driver must then present the token too.
+        if "RAY_AUTH_MODE" not in os.environ and (Path.home() / ".ray" / "auth_token").is_file():
+            os.environ["RAY_AUTH_MODE"] = "token"
+        try:
+            ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+        except Exception as err:
+            raise BenchError(f"cannot join the Ray cluster at {address} ({type(err).__name__}: "
+                             f"{str(err).splitlines()[0][:200]}); check the address, or that RAY_AUTH_MODE "
+                             "matches the cluster's (token or disabled)") from None
+    else:
+        ray.init(address="local", num_cpus=int(num_cpus or os.cpu_count() or 1), include_dashboard=False,
+                 log_to_driver=False, logging_level="ERROR", object_store_memory=256 * 2**20)
+
+
+def run_with_ray(specs: list[TrialSpec], *, address: str | None = None, cpus_per_trial: float = 1.0,
+                 gpus_per_trial: float = 0.0, max_concurrent: int | None = None,
+                 console: Console | None = None) -> dict[str, int]:
+    """Run ``specs`` (already filtered to what is left to do). Returns counts of ok/error/lost trials."""
+    from ray import tune
+
+    console = console or Console(stderr=True)
+    if not specs:
+        return {"ok": 0, "error": 0, "lost": 0}
+    folder = RunFolder(specs[0].results, specs[0].run)
+    _init_ray(address, None)
+    by_id = {s.trial_id: s for s in specs}
+    counts = {"ok": 0, "error": 0, "lost": 0}
+
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[failed]} failed"), TimeElapsedColumn(), TextColumn("ETA"),
+                  TimeRemainingColumn(), console=console, transient=False) as bar:
+        task = bar.add_task(f"run {folder.run}", total=len(specs), failed=0)
+
+        callback = _ProgressCallback(bar, task, folder, counts)
+        storage = Path(folder.root) / "tune" if folder.is_local else Path.home() / "ray_results" / "bench"
+        fn = tune.with_resources(_trainable, {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
+        tuner = tune.Tuner(
+            fn,
+            param_space={"spec": tune.grid_search([s.to_dict() for s in by_id.values()]),
+                         "cpus": cpus_per_trial},
+            tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent, reuse_actors=True,
+                                        trial_dirname_creator=lambda t: t.trial_id),
+            run_config=tune.RunConfig(name=f"tune-{time.strftime('%Y%m%d-%H%M%S')}",
+                                      storage_path=str(storage.resolve()), verbose=0,
+                                      callbacks=[callback],
+                                      failure_config=tune.FailureConfig(max_failures=0)),
+        )
+        tuner.fit()
+    return counts

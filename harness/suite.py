@@ -1,0 +1,66 @@
+"""Suite files (TOML): which datasets, shots, seeds, method stacks and model a run covers."""
+from __future__ import annotations
+
+import dataclasses
+import importlib.resources
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from .errors import BenchError
+
+
+@dataclasses.dataclass
+class Suite:
+    name: str
+    description: str
+    datasets: list[str]
+    shots: list[int]
+    seeds: list[int]
+    methods: list[str]
+    model: str = "tiny"
+    pretrained: str = "bundled"
+    protocol: str = "fewshot"  # "fewshot" | "base2new" | "shift"
+    shift_targets: list[str] = dataclasses.field(default_factory=list)
+    set: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # method -> key -> value
+    set_per_dataset: dict[str, dict[str, dict[str, Any]]] = dataclasses.field(default_factory=dict)
+    device: str | None = None  # None: cuda when visible, else cpu
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+
+    def overrides_for(self, dataset: str) -> dict[str, dict[str, Any]]:
+        merged = {m: dict(v) for m, v in self.set.items()}
+        for method, values in self.set_per_dataset.get(dataset, {}).items():
+            merged.setdefault(method, {}).update(values)
+        return merged
+
+
+def builtin_suites() -> dict[str, Path]:
+    folder = importlib.resources.files("bench.suites")
+    return {Path(p.name).stem: Path(str(p)) for p in folder.iterdir() if p.name.endswith(".toml")}
+
+
+def load_suite(name_or_path: str) -> Suite:
+    path = Path(name_or_path)
+    if not (path.suffix == ".toml" and path.is_file()):
+        table = builtin_suites()
+        if name_or_path not in table:
+            from .registry import suggest
+
+            raise BenchError(f"unknown suite '{name_or_path}'{suggest(name_or_path, table)}; "
+                             "see `bench list suites` or pass a path to a .toml file")
+        path = table[name_or_path]
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise BenchError(f"suite file {path} is not valid TOML ({err})") from None
+    fields = {f.name for f in dataclasses.fields(Suite)}
+    unknown = set(raw) - fields
+    if unknown:
+        raise BenchError(f"suite file {path} has unknown keys {sorted(unknown)}; allowed: {sorted(fields)}")
+    raw.setdefault("name", path.stem)
+    raw.setdefault("description", "")
+    try:
+        return Suite(**raw)
+    except TypeError as err:
+        raise BenchError(f"suite file {path} is incomplete ({err})") from None
