@@ -82,7 +82,7 @@ def _suite_datasets(suite: Optional[str]) -> list[str]:
 
     if suite is None:
         return [n for n, d in datasets().items() if not d.synthetic]
-    from .suites import load_suite
+    from .suite import load_suite
 
     s = load_suite(suite)
     return list(dict.fromkeys([*s.datasets, *getattr(s, "shift_targets", [])]))

@@ -157,11 +157,11 @@ def plot_curves(rows: pd.DataFrame, path: Path, metric: str = "top1") -> Path:
     cols = min(4, len(panels))
     nrows = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(4 * cols, 3.3 * nrows), squeeze=False)
-    stacks = _stack_order(ok.stack)
+    stacks = _stack_order(ok["stack"])
     colours = plt.get_cmap("tab10")
     for ax, panel in zip(axes.flat, panels):
         for i, stack in enumerate(stacks):
-            sub = per_seed[per_seed.stack == stack]
+            sub = per_seed[per_seed["stack"] == stack]
             if panel == "Average":
                 piv = sub.pivot(index="shots", columns="dataset", values="mean").reindex(columns=datasets)
                 curve = piv.mean(axis=1, skipna=False).dropna()
