@@ -130,7 +130,7 @@ def check(
         def cell(split: str) -> str:
             want = res.expected.get(split)
             if split not in res.counts:
-                if name == "imagenet" and split == "val" and res.status == "ok":
+                if name == "imagenet" and split == "val" and res.status not in ("missing", "incomplete", "error"):
                     return "= train"
                 return f"[dim]({want})[/]" if want is not None else "-"
             got = res.counts[split]

@@ -510,3 +510,24 @@ def test_real_suites_load(name):
         assert s.protocol == "base2new" and s.shots == [16]
     if name == "imagenet_shift":
         assert s.protocol == "shift" and s.shift_targets == list(real.SHIFT_TARGETS)
+
+
+def test_check_imagenet_and_variants(tmp_path):
+    _write_imagenet(tmp_path)
+    _write_wnid_variant(tmp_path, "imagenet-adversarial", "imagenet-a", ["n01443537", "n01491361"])
+    res = real.check_dataset("imagenet", tmp_path)
+    assert res.status == "mismatch" and res.counts == {"train": 28, "test": 8} and res.classes == 4
+    a = real.check_dataset("imagenet_a", tmp_path)
+    assert a.counts == {"test": 4} and a.classes == 2 and "expected 200" in a.message
+    out = runner.invoke(data_app, ["check", "--data-root", str(tmp_path)], terminal_width=200)
+    line = next(ln for ln in out.output.splitlines() if ln.strip().startswith("imagenet "))
+    assert "= train" in line
+
+
+def test_bench_cli_mounts_data_commands(tmp_path, capsys):
+    from bench.cli import main
+
+    assert main(["data", "split", "--dataset", "caltech101", "--shots", "1", "--seed", "1",
+                 "--data-root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "caltech-101" in err and "Traceback" not in err

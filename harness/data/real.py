@@ -282,7 +282,7 @@ _real(
                "a photo of a {}.", split_file="split_zhou_Caltech101.json"),
     RealInfo("caltech101", "Caltech101", 100, {"train": 4128, "val": 1649, "test": 2465},
              "caltech-101/101_ObjectCategories/<class>/*.jpg, caltech-101/split_zhou_Caltech101.json",
-             ("https://data.caltech.edu/records/mzrjq-6wc02 (101_ObjectCategories.tar.gz)", _SPLITS),
+             ("https://data.caltech.edu, Caltech 101 (101_ObjectCategories.tar.gz; formerly on vision.caltech.edu)", _SPLITS),
              required=("101_ObjectCategories", "split_zhou_Caltech101.json"), classname_rule=caltech_classname),
 )
 _real(
@@ -353,8 +353,8 @@ _real(
                "a centered satellite photo of {}.", split_file="split_zhou_EuroSAT.json"),
     RealInfo("eurosat", "EuroSAT", 10, {"train": 13500, "val": 5400, "test": 8100},
              "eurosat/2750/<Class>/*.jpg, eurosat/split_zhou_EuroSAT.json",
-             ("https://zenodo.org/records/7711810 (EuroSAT_RGB.zip; the madm.dfki.de link is flaky, "
-              "phelber/EuroSAT#13); its folder must be named 2750", _SPLITS),
+             ("EuroSAT RGB on Zenodo (the madm.dfki.de link is flaky, phelber/EuroSAT#13); "
+              "its image folder must be named 2750", _SPLITS),
              required=("2750", "split_zhou_EuroSAT.json"), classname_rule=eurosat_classname),
 )
 _real(
