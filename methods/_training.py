@@ -1,0 +1,107 @@
+"""Small helpers shared by the trained baselines: CoOp's schedule and epoch table, batching, precision.
+
+Not a plugin (no entry point); method modules import it instead of each other.
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterator
+
+import torch
+
+from bench import BenchError
+
+# CoOp's epochs by shots (COOP.md; configs *_ep50, *_ep100, rn50/vit_b16); ImageNet always 50.
+COOP_EPOCHS = {1: 50, 2: 100, 4: 100, 8: 200, 16: 200}
+
+
+def coop_epochs(dataset: str, shots: int) -> int:
+    """CoOp's epoch count for a dataset and shot count (shots between table entries round down)."""
+    if dataset == "imagenet":
+        return 50
+    known = [k for k in sorted(COOP_EPOCHS) if k <= shots]
+    return COOP_EPOCHS[known[-1]] if known else COOP_EPOCHS[1]
+
+
+def warmup_cosine_lr(epoch: int, base_lr: float, max_epoch: int, warmup_epochs: int = 1,
+                     warmup_lr: float = 1e-5) -> float:
+    """Dassl's constant warm-up + cosine, as CoOp runs it (stepped once per epoch, 0-based ``epoch``).
+
+    During the warm-up the rate is ``warmup_lr``; afterwards the cosine over ``max_epoch`` epochs is
+    shifted by the warm-up, so it never reaches 0: ``base * 0.5 * (1 + cos(pi * (e - w) / max_epoch))``.
+    """
+    if epoch < warmup_epochs:
+        return warmup_lr
+    return base_lr * 0.5 * (1.0 + math.cos(math.pi * (epoch - warmup_epochs) / max_epoch))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def batches(n: int, batch_size: int, generator: torch.Generator, shuffle: bool = True,
+            drop_last: bool = True) -> Iterator[torch.Tensor]:
+    """Index batches over ``n`` samples; like Dassl, ``drop_last`` only applies when ``n`` fills a batch."""
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    drop = drop_last and n >= batch_size
+    stop = (n // batch_size) * batch_size if drop else n
+    for start in range(0, stop, batch_size):
+        yield order[start:start + batch_size]
+
+
+def n_batches(n: int, batch_size: int, drop_last: bool = True) -> int:
+    return n // batch_size if (drop_last and n >= batch_size) else math.ceil(n / batch_size)
+
+
+def through_adapters(clf, features: torch.Tensor) -> torch.Tensor:
+    """Apply the adapters already installed in ``clf`` (a stack's earlier ADAPTER methods)."""
+    for adapter in clf.adapters:
+        features = adapter(features)
+    return features
+
+
+def resolve_precision(precision: str, device: torch.device, name: str) -> str:
+    """``auto`` is fp16 on CUDA (as the official codes) and fp32 elsewhere; fp16/amp need CUDA."""
+    choices = ("auto", "fp16", "fp32", "amp")
+    if precision not in choices:
+        raise BenchError(f"bad value {precision!r} for '{name}.precision': choose one of {', '.join(choices)}")
+    if precision == "auto":
+        return "fp16" if device.type == "cuda" else "fp32"
+    if precision in ("fp16", "amp") and device.type != "cuda":
+        raise BenchError(f"{name}.precision={precision} needs a CUDA device; use {name}.precision=fp32 on CPU")
+    return precision
+
+
+def view_for_epoch(epoch: int, views: int) -> int:
+    """Which cached augmented view an epoch trains on (cycled when there are fewer views than epochs)."""
+    return epoch % views
+
+
+def train_feature_batches(clf, ctx, transform, batch_size: int, generator: torch.Generator,
+                          views: int | None, stream: int = 0, drop_last: bool = True):
+    """A function ``epoch -> iterator of (encoder features, labels)`` over the augmented train split.
+
+    ``views=None`` runs the frozen encoder on freshly augmented images every epoch (the official
+    loops); ``views=V`` encodes V augmented passes once (``ctx.features``, cached within the trial) and
+    epoch ``e`` trains on pass ``e % V``. Features are the encoder's, before any installed adapter.
+    """
+    if views is None:
+        loader = ctx.loader("train", transform, batch_size=batch_size, shuffle=True, drop_last=drop_last,
+                            generator=generator)
+
+        def live(epoch: int):
+            for images, labels in loader:
+                with torch.no_grad():
+                    feats = clf.encode(images.to(ctx.device)).float()
+                yield feats, labels.to(ctx.device)
+        return live
+
+    cached = ctx.features("train", transform, views=views, stream=stream)
+    labels = ctx.labels("train")
+
+    def from_cache(epoch: int):
+        feats = cached[view_for_epoch(epoch, views)]
+        for idx in batches(len(labels), batch_size, generator, drop_last=drop_last):
+            yield feats[idx.to(feats.device)], labels[idx.to(labels.device)]
+    return from_cache

@@ -1,0 +1,122 @@
+"""CLIP-Adapter (Gao et al., IJCV 2024): a residual bottleneck MLP on the image features.
+
+Faithful to gaopengcuhk/CLIP-Adapter ``clip_adapter.py`` (reference: baselines.md §3), visual adapter:
+``A(f) = ReLU(W2 ReLU(W1 f))`` with W1: d -> d/``reduction`` and W2: d/``reduction`` -> d, no biases;
+``f' = ratio * A(f) + (1 - ratio) * f`` on the raw (un-normalised) encoder features, ``ratio`` = 0.2;
+logits from the installed head on ``f'`` (the zero-shot text classifier of the dataset's hand-written
+prompt, 100 × cosine, as the official code's frozen ``CUSTOM_TEMPLATES`` features); cross-entropy; fp32.
+
+Training settings. The repository publishes none (no config, learning rate or epoch count; the README
+says to run it like CoOp), so the defaults are CoOp's Dassl recipe, the reference's stated assumption:
+SGD lr 0.002, momentum 0.9, weight decay 5e-4, one warm-up epoch at 1e-5 then the shifted cosine, batch
+32, CoOp's epochs by shots (1: 50, 2/4: 100, 8/16: 200, ImageNet 50) and CoOp's augmentation
+(RandomResizedCrop 0.08-1 + flip). This keeps the adapter comparable with CoOp on the same budget. Every
+setting is a Config field, so ``--set clip_adapter.lr=...`` etc. overrides it. The last epoch is kept:
+nothing is selected, on any split.
+
+Features. The encoder is frozen, so training runs on cached encoder features of augmented views
+(``feature_cache=true``, the default): ``views=0`` encodes one augmented pass per epoch, i.e. as many
+augmented views as the official per-epoch loop sees; ``views=V`` caches V passes and cycles them over the
+epochs (cheaper, not the official behaviour). ``feature_cache=false`` runs the encoder inside the
+training loop on freshly augmented batches, as the official code does.
+
+In a stack the adapter sits after any encoder change and before the head: ``clip_adapter+coop`` trains
+the adapter against the zero-shot head, then CoOp on the adapted features; ``clip_adapter+tip_adapter``
+builds the cache from adapted features.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bench import BenchError, Method, Slot
+
+from ._training import coop_epochs, set_lr, through_adapters, train_feature_batches, warmup_cosine_lr
+
+
+@dataclasses.dataclass
+class ClipAdapterConfig:
+    reduction: int = 4  # bottleneck d -> d/reduction -> d
+    ratio: float = 0.2  # residual ratio alpha: f' = ratio * A(f) + (1 - ratio) * f
+    epochs: int = 200  # CoOp's epochs by shots (defaults_for)
+    batch_size: int = 32
+    lr: float = 0.002
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: int = 1
+    warmup_lr: float = 1e-5
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    feature_cache: bool = True  # train on cached encoder features of augmented views
+    views: int = 0  # cached augmented passes; 0 = one per epoch (as many as the official loop)
+
+
+class ResidualAdapter(nn.Module):
+    """f' = ratio * ReLU(W2 ReLU(W1 f)) + (1 - ratio) * f."""
+
+    def __init__(self, dim: int, reduction: int = 4, ratio: float = 0.2):
+        super().__init__()
+        if reduction < 1 or dim // reduction < 1:
+            raise BenchError(f"clip_adapter.reduction must be between 1 and the feature size {dim}, got {reduction}")
+        self.fc = nn.Sequential(nn.Linear(dim, dim // reduction, bias=False), nn.ReLU(inplace=True),
+                                nn.Linear(dim // reduction, dim, bias=False), nn.ReLU(inplace=True))
+        self.ratio = float(ratio)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.ratio * self.fc(features) + (1.0 - self.ratio) * features
+
+
+def feature_dim(clf, ctx) -> int:
+    dim = getattr(clf.model.visual, "output_dim", None)
+    if dim is None:  # an image tower without output_dim: encode one image
+        dim = ctx.features("train")[0].shape[-1]
+    return int(dim)
+
+
+class ClipAdapter(Method):
+    name = "clip_adapter"
+    description = "CLIP-Adapter: residual bottleneck MLP on image features (Gao et al., IJCV 2024)"
+    trains = "visual adapter d->d/4->d (ratio 0.2), CoOp's SGD recipe on cached augmented features, last epoch"
+    slot = Slot.ADAPTER
+    Config = ClipAdapterConfig
+    version = "1"
+
+    @classmethod
+    def defaults_for(cls, dataset: str, shots: int) -> dict:
+        return {"epochs": coop_epochs(dataset, shots)}
+
+    def fit(self, clf, ctx) -> dict:
+        cfg: ClipAdapterConfig = self.config
+        if cfg.epochs < 1:
+            raise BenchError(f"clip_adapter.epochs must be at least 1, got {cfg.epochs}")
+        dim = feature_dim(clf, ctx)
+        adapter = ResidualAdapter(dim, cfg.reduction, cfg.ratio).to(ctx.device)
+        optimizer = torch.optim.SGD(adapter.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                    weight_decay=cfg.weight_decay)
+        views = (cfg.views or cfg.epochs) if cfg.feature_cache else None
+        epoch_batches = train_feature_batches(clf, ctx, ctx.train_transform(tuple(cfg.crop_scale)), cfg.batch_size,
+                                              ctx.generator(21), views)
+        adapter.train()
+        losses: list[float] = []
+        for epoch in range(cfg.epochs):
+            set_lr(optimizer, warmup_cosine_lr(epoch, cfg.lr, cfg.epochs, cfg.warmup_epochs, cfg.warmup_lr))
+            losses = []
+            for feats, y in epoch_batches(epoch):
+                with torch.no_grad():
+                    feats = through_adapters(clf, feats)  # adapters a stack installed earlier (none by default)
+                logits = clf.head(adapter(feats))
+                for term in clf.logit_terms:
+                    logits = logits + term(adapter(feats))
+                loss = F.cross_entropy(logits, y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                losses.append(float(loss.detach()))
+            if (epoch + 1) % 20 == 0 or epoch + 1 == cfg.epochs:
+                ctx.progress(f"clip_adapter epoch {epoch + 1}/{cfg.epochs} loss {sum(losses) / max(len(losses), 1):.4f}")
+        adapter.eval().requires_grad_(False)
+        clf.adapters.append(adapter)
+        return {"trainable_params": sum(p.numel() for p in adapter.parameters()), "epochs": cfg.epochs,
+                "views": views or 0, "train_loss": sum(losses) / max(len(losses), 1)}

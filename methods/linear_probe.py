@@ -1,0 +1,127 @@
+"""Linear probe: logistic regression on frozen image features, CoOp's ``lpclip`` protocol.
+
+Faithful to KaiyangZhou/CoOp ``lpclip/linear_probe.py`` (reference: baselines.md §6):
+
+* Features: the image tower's raw (un-normalised) output with the test transform (one view), for the
+  few-shot train and val images; in a stack, after any installed adapter.
+* Classifier: scikit-learn ``LogisticRegression`` (lbfgs, ``max_iter`` 1000, L2 penalty, the default).
+* C search on the few-shot validation split: first the grid [1e6, 1e4, 1e2, 1, 1e-2, 1e-4, 1e-6]; around its
+  peak (the first best value) the range [peak/10, peak*10] is bisected in log space for 8 steps: each step
+  fits both ends, keeps the better one (the left one on ties) and halves the range towards it. The
+  classifier of the last step (fitted on the train split with the chosen C) becomes the head: an
+  ``nn.Linear`` holding the sklearn coefficients and intercepts, applied to the same raw features.
+* ``C`` set explicitly skips the search (fits once with that C).
+
+Differences from ``lpclip``: the train and val subsets are the project's shared Dassl few-shot samples
+(the same images every other method of the trial sees; val = min(K, 4) per class), not lpclip's own
+``np.random.choice`` draws (lpclip's val shots {1: 1, 2: 2, 4: 4, 8: 4, 16: 4} are the same numbers), and the
+selection reads the few-shot val split only — the test split is never touched here (lpclip prints a test
+number at every bisection step but reports the last one, so it does not select on test either).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from bench import BenchError, Method, Slot
+
+from ._training import through_adapters
+
+C_GRID = (1e6, 1e4, 1e2, 1.0, 1e-2, 1e-4, 1e-6)
+
+
+@dataclasses.dataclass
+class LinearProbeConfig:
+    c_grid: tuple[float, ...] = C_GRID  # initial grid of inverse regularisation strengths
+    search_steps: int = 8  # log-space bisection steps around the grid's peak
+    max_iter: int = 1000
+    C: Optional[float] = None  # fixed C: no search
+
+
+def fit_logreg(x: np.ndarray, y: np.ndarray, c: float, max_iter: int):
+    from sklearn.linear_model import LogisticRegression
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # lbfgs convergence warnings at extreme C are expected
+        return LogisticRegression(solver="lbfgs", max_iter=max_iter, C=c).fit(x, y)
+
+
+def val_accuracy(model, x: np.ndarray, y: np.ndarray) -> float:
+    return float((model.predict(x) == y).mean())
+
+
+def search_c(train_x, train_y, val_x, val_y, grid=C_GRID, steps: int = 8, max_iter: int = 1000):
+    """lpclip's C search on (val_x, val_y). Returns (C, fitted model, history of (C, val accuracy))."""
+    history = []
+    accs = []
+    for c in grid:
+        acc = val_accuracy(fit_logreg(train_x, train_y, c, max_iter), val_x, val_y)
+        accs.append(acc)
+        history.append((c, acc))
+    peak = grid[int(np.argmax(accs))]
+    left, right = math.log10(peak) - 1.0, math.log10(peak) + 1.0
+    chosen_c, chosen = peak, None
+    for _ in range(steps):
+        m_left = fit_logreg(train_x, train_y, 10 ** left, max_iter)
+        m_right = fit_logreg(train_x, train_y, 10 ** right, max_iter)
+        a_left, a_right = val_accuracy(m_left, val_x, val_y), val_accuracy(m_right, val_x, val_y)
+        history += [(10 ** left, a_left), (10 ** right, a_right)]
+        mid = 0.5 * (left + right)
+        if a_left < a_right:
+            chosen_c, chosen, left = 10 ** right, m_right, mid
+        else:
+            chosen_c, chosen, right = 10 ** left, m_left, mid
+    if chosen is None:  # steps = 0: the grid's peak
+        chosen = fit_logreg(train_x, train_y, peak, max_iter)
+    return chosen_c, chosen, history
+
+
+def linear_head(model, num_classes: int, dim: int) -> nn.Linear:
+    """An nn.Linear with the sklearn model's weights, over all classes (absent ones never win)."""
+    coef, intercept = np.asarray(model.coef_, dtype=np.float64), np.asarray(model.intercept_, dtype=np.float64)
+    if coef.shape[0] == 1:  # binary: sklearn keeps one row; split it symmetrically (same softmax)
+        coef, intercept = np.concatenate([-coef / 2, coef / 2]), np.concatenate([-intercept / 2, intercept / 2])
+    weight = np.zeros((num_classes, dim))
+    bias = np.full(num_classes, -1e4)
+    classes = np.asarray(model.classes_, dtype=int)
+    weight[classes], bias[classes] = coef, intercept
+    head = nn.Linear(dim, num_classes)
+    with torch.no_grad():
+        head.weight.copy_(torch.from_numpy(weight))
+        head.bias.copy_(torch.from_numpy(bias))
+    return head.requires_grad_(False)
+
+
+class LinearProbe(Method):
+    name = "linear_probe"
+    description = "Linear probe: logistic regression on frozen image features (CoOp lpclip protocol)"
+    trains = "a linear classifier (sklearn lbfgs, L2), C searched on the few-shot val split"
+    slot = Slot.HEAD
+    Config = LinearProbeConfig
+    version = "1"
+
+    def fit(self, clf, ctx) -> dict:
+        cfg: LinearProbeConfig = self.config
+        with torch.no_grad():
+            train_x = through_adapters(clf, ctx.features("train")[0]).cpu().double().numpy()
+        train_y = ctx.labels("train").cpu().numpy()
+        if cfg.C is not None:
+            chosen_c, model, history = cfg.C, fit_logreg(train_x, train_y, cfg.C, cfg.max_iter), []
+        else:
+            if not ctx.split("val"):
+                raise BenchError("linear_probe chooses C on the few-shot validation split, but it is empty; "
+                                 "set linear_probe.C=<value>")
+            with torch.no_grad():
+                val_x = through_adapters(clf, ctx.features("val")[0]).cpu().double().numpy()
+            val_y = ctx.labels("val").cpu().numpy()
+            chosen_c, model, history = search_c(train_x, train_y, val_x, val_y, tuple(cfg.c_grid),
+                                                cfg.search_steps, cfg.max_iter)
+        dim = train_x.shape[1]
+        clf.head = linear_head(model, ctx.num_classes, dim).to(ctx.device)
+        return {"trainable_params": dim * ctx.num_classes + ctx.num_classes, "C": float(chosen_c)}
