@@ -35,7 +35,6 @@ from .catalog import DatasetDef, register_dataset
 from .splits import Datum
 
 DOCS = "docs/datasets.md"
-_WNID = re.compile(r"^n\d{8}$")
 
 
 # -- what each dataset should look like --------------------------------------------------------------
