@@ -22,6 +22,10 @@ class ZeroShotHead(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.logit_scale * F.normalize(features, dim=-1) @ self.weights.to(features.dtype).t()
 
+    def for_classes(self, classnames, ctx) -> "ZeroShotHead":
+        """The same head for other class names (base-to-new evaluation)."""
+        return ZeroShotHead(ctx.text_weights(classnames), self.logit_scale).to(self.weights.device)
+
 
 class ClipClassifier(nn.Module):
     """A frozen open_clip model with named slots: ``adapters``, ``head`` and ``logit_terms``.

@@ -106,32 +106,42 @@ def run(
 
 
 def _print_report(rows, shots, fmt: Format, std: bool, compare: Optional[str] = None) -> None:
-    from .report import accuracy_tables, gain_rows, render, rich_table, text_rows
+    from .report import accuracy_tables, gain_rows, metrics_of, render, rich_table, text_rows
 
-    for k, (mean, sd) in accuracy_tables(rows, shots).items():
-        title = f"{k}-shot top-1 (%), mean over seeds"
-        header, body, gain = text_rows(mean, sd if std else None, gain_rows(mean))
-        if fmt == Format.table:
-            out.print(rich_table(title, header, body, gain))
-        else:
-            out.print(render(title, header, body, gain, fmt.value), end="", markup=False, highlight=False,
-                      soft_wrap=True)
-        if compare:
-            _print_comparison(rows, mean, k, fmt)
+    for metric, caption in metrics_of(rows):
+        for k, (mean, sd) in accuracy_tables(rows, shots, metric).items():
+            title = f"{k}-shot {caption}, mean over seeds"
+            header, body, gain = text_rows(mean, sd if std else None, gain_rows(mean))
+            if fmt == Format.table:
+                out.print(rich_table(title, header, body, gain))
+            else:
+                out.print(render(title, header, body, gain, fmt.value), end="", markup=False, highlight=False,
+                          soft_wrap=True)
+            if compare and metric == "top1":
+                _print_comparison(rows, mean, k, fmt)
+
+
+def _number(value, signed: bool = False) -> str:
+    return "-" if value != value else (f"{value:+.2f}" if signed else f"{value:.2f}")
 
 
 def _print_comparison(rows, mean, shots: int, fmt: Format) -> None:
     from .published import compare as compare_published
 
+    from .suite import load_suite
+
     backbone = rows["model"].dropna().iloc[0]
+    if not set(load_suite("fewshot11").datasets) <= set(mean.columns):
+        mean = mean.drop(columns="Average")  # a published average spans all 11 datasets
     table = compare_published(mean, shots, backbone)
     title = f"{shots}-shot: this run vs published ({backbone})"
-    if table is None or table.empty:
+    has_paper = [d for d in dict.fromkeys(d for d, _ in table.columns) if table[(d, "paper")].notna().any()]
+    if not has_paper:
         out.print(f"{title}: no published numbers for these methods and datasets")
         return
-    header = [str(c) for c in [table.index.name or "method", *table.columns]]
-    body = [[str(i), *("-" if v is None or v != v else (f"{v:.2f}" if isinstance(v, float) else str(v))
-                       for v in row)] for i, row in zip(table.index, table.values)]
+    header = ["method", *(f"{d} {part}" for d in has_paper for part in ("ours", "paper", "diff"))]
+    body = [[stack, *(_number(table.at[stack, (d, part)], signed=part == "diff")
+                      for d in has_paper for part in ("ours", "paper", "diff"))] for stack in table.index]
     from .report import render, rich_table
 
     out.print(rich_table(title, header, body, []) if fmt == Format.table

@@ -55,6 +55,11 @@ class TrialContext:
     def num_classes(self) -> int:
         return len(self.data.classnames)
 
+    def switch_data(self, data: DatasetSplits) -> None:
+        """Evaluate on other data (new classes, a shifted dataset); cached features are dropped."""
+        self.data = data
+        self._features.clear()
+
     def split(self, name: str) -> list[Datum]:
         return getattr(self.data, name)
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 
 from .errors import BenchError
@@ -49,40 +48,63 @@ def resolve(model: str, pretrained: str | None) -> tuple[str, str | None]:
     return model, pretrained
 
 
-def load_model(model: str, pretrained: str | None, device: str = "cpu", cache_dir: str | None = None):
-    """Return ``(model, eval_transform, tokenizer)``, the model frozen and in eval mode.
-
-    ``pretrained`` is an open_clip tag (read from the weights cache; offline unless BENCH_ONLINE=1),
-    a local checkpoint path, ``none`` for random weights, or ``bundled`` for tiny's own weights.
-    """
+def _checked(model: str, pretrained: str | None) -> tuple[str, str | None]:
+    """Resolve (model, pretrained) and check the name and, for a path, that the file exists."""
     import open_clip
 
-    if not os.environ.get("BENCH_ONLINE"):
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
     register_tiny()
     name, weights = resolve(model, pretrained)
     if name not in open_clip.list_models():
         from .registry import suggest
 
         raise BenchError(f"unknown model '{model}'{suggest(model, open_clip.list_models())}; see `bench list models`")
-    if weights in ("none", "random"):
-        weights = None
-    if weights and not _is_tag(name, weights) and not Path(weights).expanduser().is_file():
-        raise BenchError(f"weights '{weights}' are neither a pretrained tag of {name} nor a file; "
-                         f"pass --pretrained with a tag ({', '.join(open_clip.list_pretrained_tags_by_model(name))}) "
-                         "or a checkpoint path")
-    if weights and not _is_tag(name, weights):
-        weights = str(Path(weights).expanduser())
+    if weights in (None, "none", "random"):
+        return name, None
+    if _is_tag(name, weights):
+        return name, weights
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        tags = ", ".join(open_clip.list_pretrained_tags_by_model(name))
+        raise BenchError(f"weights '{weights}' are neither a pretrained tag of {name} nor a file; pass "
+                         f"--pretrained with a checkpoint path{f' or a tag ({tags})' if tags else ''}")
+    return name, str(path)
+
+
+def preflight(model: str, pretrained: str | None, cache_dir: str | None = None) -> None:
+    """Check before any trial starts that the model exists and its weights can be had offline."""
+    import open_clip
+
+    name, weights = _checked(model, pretrained)
+    if weights and _is_tag(name, weights):
+        try:
+            open_clip.pretrained.download_pretrained(open_clip.get_pretrained_cfg(name, weights),
+                                                     cache_dir=cache_dir)
+        except Exception:
+            raise BenchError(_missing_weights(name, weights)) from None
+
+
+def _missing_weights(name: str, weights: str) -> str:
+    return (f"weights for {name} '{weights}' are not in the local cache and downloading is off; put the "
+            "checkpoint in the Hugging Face cache (HF_HOME, as open_clip downloads it) or pass --pretrained "
+            "/path/to/checkpoint, or set BENCH_ONLINE=1 to download")
+
+
+def load_model(model: str, pretrained: str | None, device: str = "cpu", cache_dir: str | None = None):
+    """Return ``(model, eval_transform, tokenizer)``, the model frozen and in eval mode.
+
+    ``pretrained`` is an open_clip tag (read from the weights cache; offline unless BENCH_ONLINE=1),
+    a local checkpoint path (OpenAI's archive or an open_clip state dict), ``none`` for random weights,
+    or ``bundled`` for tiny's own weights.
+    """
+    import open_clip
+
+    name, weights = _checked(model, pretrained)
     try:
         clip, _, preprocess = open_clip.create_model_and_transforms(
             name, pretrained=weights, device=device, cache_dir=cache_dir)
-    except RuntimeError as err:
+    except RuntimeError:
         if weights and _is_tag(name, weights):
-            raise BenchError(
-                f"weights for {name} '{weights}' are not in the local cache and downloading is off "
-                f"({str(err).splitlines()[0][:160]}); put the checkpoint in the Hugging Face cache "
-                f"(HF_HOME or --weights-cache) or pass --pretrained /path/to/checkpoint.pt, "
-                "or set BENCH_ONLINE=1 to download") from None
+            raise BenchError(_missing_weights(name, weights)) from None
         raise
     clip.eval().requires_grad_(False)
     return clip, preprocess, open_clip.get_tokenizer(name)

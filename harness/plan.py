@@ -64,6 +64,9 @@ def plan_trials(suite: Suite, *, run: str, results: str, methods: list[str] | No
 
         if not torch.cuda.is_available():
             raise BenchError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+    from .models import preflight
+
+    preflight(model or suite.model, pretrained or suite.pretrained)
     specs = []
     for dataset, k, seed, stack in itertools.product(datasets, shots, seeds or suite.seeds, stacks):
         overrides = suite.overrides_for(dataset)

@@ -22,7 +22,26 @@ def load_rows(results: str, run: str) -> pd.DataFrame:
     rows = folder.read()
     if rows.empty:
         raise BenchError(f"run '{run}' has no rows yet; run `bench run --run {run}` first")
-    return rows
+    return expand_shift(rows)
+
+
+def expand_shift(rows: pd.DataFrame) -> pd.DataFrame:
+    """Domain-shift rows carry the target datasets' accuracies in ``extras``: one table column each."""
+    import json
+
+    extra = []
+    for row in rows[(rows["protocol"] == "shift") & (rows["status"] == "ok")].itertuples(index=False):
+        for key, value in json.loads(row.extras or "{}").items():
+            if key.startswith("top1."):
+                extra.append({**row._asdict(), "dataset": key[len("top1."):], "top1": value})
+    return pd.concat([rows, pd.DataFrame(extra, columns=rows.columns)], ignore_index=True) if extra else rows
+
+
+def metrics_of(rows: pd.DataFrame) -> list[tuple[str, str]]:
+    """(column, caption) pairs the report shows: base/new/HM for base-to-new runs, top-1 otherwise."""
+    if (rows["protocol"] == "base2new").any():
+        return [("top1", "base-class top-1 (%)"), ("top1_new", "new-class top-1 (%)"), ("hm", "harmonic mean")]
+    return [("top1", "top-1 (%)")]
 
 
 def _dataset_order(rows: pd.DataFrame) -> list[str]:
@@ -52,7 +71,7 @@ def accuracy_tables(rows: pd.DataFrame, shots: int | None = None, metric: str = 
         if ok.empty:
             have = sorted(set(rows["shots"].dropna().astype(int)))
             raise BenchError(f"no ok rows with {shots} shots in this run; shots present: {have}")
-    datasets = _dataset_order(rows)
+    datasets = _dataset_order(rows[rows["dataset"].isin(set(ok["dataset"]))])
     out = {}
     for k, group in ok.groupby("shots"):
         grouped = group.groupby(["stack", "dataset"])[metric]

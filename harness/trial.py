@@ -14,10 +14,11 @@ import torch
 from . import __version__
 from .classifier import ClipClassifier, ZeroShotHead
 from .context import TrialContext
-from .data.catalog import load_fewshot
+from .data.catalog import get_dataset, load_fewshot
+from .data.classes import shift_label_map, subsample_classes
 from .errors import BenchError
 from .models import load_model
-from .plugin import Slot, config_dict
+from .plugin import Slot
 from .spec import TrialSpec
 
 
@@ -37,6 +38,8 @@ def build_context(spec: TrialSpec, progress: Callable[[str], None] = lambda m: N
     """Load the trial's data and model and wrap them as a zero-shot classifier."""
     device = resolve_device(spec.device)
     data, short = load_fewshot(spec.dataset, spec.data_root, spec.shots, spec.seed)
+    if spec.protocol == "base2new":
+        data = subsample_classes(data, "base")
     if short:
         progress(f"{len(short)} classes of {spec.dataset} have fewer than {spec.shots} train images; all taken")
     model, preprocess, tokenizer = load_model(spec.model, spec.pretrained, str(device))
@@ -90,6 +93,10 @@ def run_trial(spec: TrialSpec, progress: Callable[[str], None] = lambda m: None,
     t0 = time.perf_counter()
     val_top1, _ = evaluate(ctx, "val")
     top1, n_test = evaluate(ctx, "test")
+    if spec.protocol == "base2new":
+        row.update(new_class_accuracy(ctx, top1))
+    elif spec.protocol == "shift":
+        row["extras"].update(shift_accuracies(ctx, spec))
     eval_seconds = time.perf_counter() - t0
     row.update(
         status="ok", error=None, top1=top1, val_top1=val_top1, n_train=len(ctx.data.train), n_test=n_test,
@@ -99,6 +106,36 @@ def run_trial(spec: TrialSpec, progress: Callable[[str], None] = lambda m: None,
     )
     row["extras"] = json.dumps(row["extras"], sort_keys=True, default=str)
     return row
+
+
+def new_class_accuracy(ctx: TrialContext, base_top1: float) -> dict[str, float]:
+    """Base-to-new: re-target the text-based head to the other half of the classes and test on them."""
+    if not hasattr(ctx.clf.head, "for_classes") or len(ctx.clf.logit_terms):
+        raise BenchError(f"stack '{ctx.spec.stack}' cannot classify classes it was not trained on: base-to-new "
+                         "needs a head built from class names (zeroshot, mask, coop, clip_adapter)")
+    full, _ = load_fewshot(ctx.spec.dataset, ctx.spec.data_root, ctx.spec.shots, ctx.spec.seed)
+    ctx.switch_data(subsample_classes(full, "new"))
+    ctx.clf.head = ctx.clf.head.for_classes(ctx.data.classnames, ctx)
+    new_top1, _ = evaluate(ctx, "test")
+    hm = 2 * base_top1 * new_top1 / (base_top1 + new_top1) if base_top1 + new_top1 else 0.0
+    return {"top1_new": new_top1, "hm": hm}
+
+
+def shift_accuracies(ctx: TrialContext, spec: TrialSpec) -> dict[str, float]:
+    """Domain shift: test the trained classifier on each target dataset, scored over the target's classes."""
+    source = ctx.data
+    out = {}
+    for target in spec.shift_targets:
+        data = get_dataset(target).read(spec.data_root)
+        mapping = shift_label_map(source, data)
+        ctx.switch_data(data)
+        feats, labels = ctx.features("test")[0], ctx.labels("test")
+        with torch.no_grad():
+            correct = sum(int((mapping.select(ctx.clf.logits_from_features(f)).argmax(-1) == y).sum())
+                          for f, y in zip(feats.split(500), labels.split(500)))
+        out[f"top1.{target}"] = 100.0 * correct / max(1, len(labels))
+    ctx.switch_data(source)
+    return out
 
 
 # Row fields a method may return from fit() besides trainable_params.

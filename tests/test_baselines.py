@@ -1,0 +1,288 @@
+"""Baseline plugins: CoOp, CLIP-Adapter, Tip-Adapter(-F), linear probe.
+
+Exactness of the building blocks on hand-made tensors, that no selection step reads the test split, and
+short learning runs with fixed seeds on the fixture dataset (random tiny model, so zero-shot is chance).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bench import BenchError
+from bench.models import load_model
+from bench.spec import TrialSpec
+from bench.trial import build_context, evaluate, seed_everything
+from bench.methods._training import batches, coop_epochs, warmup_cosine_lr
+from bench.methods.clip_adapter import ClipAdapter, ResidualAdapter
+from bench.methods.coop import CoOp, CoOpConfig, PromptHead, check_text_layout
+from bench.methods.linear_probe import LinearProbe, search_c
+from bench.methods.tip_adapter import CacheTerm, TipAdapter, TipAdapterF, grid, search_alpha_beta
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # The tiny model's ops are small; on a shared 2-core machine one thread is much faster.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model, _, tokenizer = load_model("tiny", "none")
+    return model, tokenizer
+
+
+def fixture_context(root, stack: str, shots: int = 4, seed: int = 1):
+    spec = TrialSpec(run="t", suite="t", dataset="fixture", shots=shots, seed=seed, stack=stack,
+                     pretrained="none", data_root=str(root))
+    seed_everything(seed)
+    return build_context(spec)
+
+
+def plugin(cls, dataset="fixture", shots=4, **overrides):
+    return cls(cls.make_config(dataset, shots, overrides))
+
+
+# -- CoOp --------------------------------------------------------------------------------------------
+
+CLASSES = ["red", "green", "dark_blue", "traffic light"]
+
+
+@pytest.mark.parametrize("position, order", [
+    ("end", "a photo of a {}."),
+    ("middle", "a photo {} of a."),  # split at n_ctx // 2 = 2
+    ("front", "{} a photo of a."),
+])
+@pytest.mark.parametrize("truncate", [False, True])
+def test_coop_prompts_reproduce_encode_text(tiny, position, order, truncate):
+    model, tokenizer = tiny
+    cfg = CoOpConfig(ctx_init="a photo of a", class_token_position=position, truncate=truncate)
+    head = PromptHead(model, tokenizer, CLASSES, cfg, torch.Generator().manual_seed(0)).eval()
+    assert head.n_ctx == 4
+    with torch.no_grad():
+        got = head.text_features()
+        want = model.encode_text(tokenizer([order.format(c.replace("_", " ")) for c in CLASSES]))
+    if truncate:
+        assert head.length < 77
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    else:
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+
+
+def test_coop_context_shapes_and_gradients(tiny):
+    model, tokenizer = tiny
+    gen = torch.Generator().manual_seed(0)
+    head = PromptHead(model, tokenizer, CLASSES, CoOpConfig(n_ctx=16), gen)
+    assert head.ctx.shape == (16, 128) and 0.01 < float(head.ctx.std()) < 0.03
+    csc = PromptHead(model, tokenizer, CLASSES, CoOpConfig(n_ctx=8, csc=True), gen)
+    assert csc.ctx.shape == (len(CLASSES), 8, 128)
+    logits = csc(torch.randn(3, 128))
+    assert logits.shape == (3, len(CLASSES)) and logits.dtype == torch.float32
+    logits.sum().backward()
+    assert csc.ctx.grad is not None and float(csc.ctx.grad.abs().sum()) > 0
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_coop_rejects_custom_text_layout():
+    with pytest.raises(BenchError, match="CustomTextCLIP"):
+        check_text_layout(torch.nn.Linear(2, 2))
+
+
+def test_coop_defaults_and_settings():
+    assert [CoOp.make_config("dtd", k).epochs for k in (1, 2, 4, 8, 16)] == [50, 100, 100, 200, 200]
+    assert CoOp.make_config("imagenet", 16).epochs == 50
+    assert coop_epochs("syn_colours", 16) == 200
+    cfg = CoOp.make_config("dtd", 16, {"n_ctx": "4", "csc": "true", "crop_scale": "0.5,1"})
+    assert (cfg.n_ctx, cfg.csc, cfg.crop_scale) == (4, True, (0.5, 1.0))
+    with pytest.raises(BenchError):
+        CoOp.make_config("dtd", 16, {"n_ctx": "many"})
+
+
+def test_coop_fp16_needs_cuda(fixture_root):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present")
+    ctx = fixture_context(fixture_root, "coop")
+    with pytest.raises(BenchError, match="precision"):
+        plugin(CoOp, precision="fp16", epochs=1).fit(ctx.clf, ctx)
+
+
+def test_warmup_cosine_schedule():
+    lr = [warmup_cosine_lr(e, 0.002, 200, 1, 1e-5) for e in range(200)]
+    assert lr[0] == 1e-5
+    assert lr[1] == pytest.approx(0.002)
+    assert lr[101] == pytest.approx(0.001)
+    assert lr[199] == pytest.approx(0.002 * 0.5 * (1 + math.cos(math.pi * 198 / 200)))
+    assert lr[199] > 0 and all(a >= b for a, b in zip(lr[1:], lr[2:]))
+
+
+def test_batches_follow_dassl_drop_last():
+    gen = torch.Generator().manual_seed(0)
+    assert [len(b) for b in batches(70, 32, gen)] == [32, 32]
+    assert [len(b) for b in batches(20, 32, gen)] == [20]  # a small set still gives one batch
+    assert sorted(torch.cat(list(batches(20, 8, gen, drop_last=False))).tolist()) == list(range(20))
+
+
+# -- CLIP-Adapter ------------------------------------------------------------------------------------
+
+def test_adapter_residual_blend():
+    torch.manual_seed(0)
+    f = torch.randn(5, 8)
+    adapter = ResidualAdapter(8, reduction=4, ratio=0.2)
+    assert [tuple(m.weight.shape) for m in adapter.fc if hasattr(m, "weight")] == [(2, 8), (8, 2)]
+    assert all(getattr(m, "bias", None) is None for m in adapter.fc)
+    w1, w2 = adapter.fc[0].weight, adapter.fc[2].weight
+    a = torch.relu(torch.relu(f @ w1.t()) @ w2.t())
+    torch.testing.assert_close(adapter(f), 0.2 * a + 0.8 * f)
+    adapter.ratio = 0.0
+    torch.testing.assert_close(adapter(f), f)
+
+
+# -- Tip-Adapter -------------------------------------------------------------------------------------
+
+def test_tip_cache_term_by_hand():
+    keys = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
+    values = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    term = CacheTerm(keys, values, alpha=2.0, beta=3.0)
+    f = torch.tensor([[2.0, 0.0], [0.0, 0.5]])  # un-normalised on purpose: the term normalises
+    aff = torch.tensor([[1.0, 0.0, 0.6], [0.0, 1.0, 0.8]])
+    torch.testing.assert_close(term.affinity(f), aff)
+    e = torch.exp(-3.0 * (1 - aff))
+    want = 2.0 * torch.stack([e[:, 0], e[:, 1] + e[:, 2]], dim=1)
+    torch.testing.assert_close(term(f), want)
+    assert float(want[0, 0]) == pytest.approx(2.0) and float(want[0, 1]) == pytest.approx(
+        2 * (math.exp(-3) + math.exp(-1.2)))
+
+
+def test_tip_search_grid_and_first_best():
+    assert grid(7.0, 200)[:2] == [0.1, pytest.approx(0.1 + 6.9 / 200)] and len(grid(3.0, 20)) == 20
+    assert max(grid(3.0, 20)) < 3.0
+    keys = F.normalize(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), dim=-1)
+    term = CacheTerm(keys, torch.eye(2), 1.0, 1.0)
+    feats = torch.tensor([[1.0, 0.1], [0.1, 1.0]])
+    labels = torch.tensor([0, 1])
+    base = torch.tensor([[0.0, 1.0], [0.0, 1.0]])  # the head gets sample 0 wrong
+    alpha, beta, acc = search_alpha_beta(term, feats, base, labels, (2.0, 3.0), (4, 6))
+    assert acc == 100.0
+    # the first (beta, alpha) in grid order that fixes sample 0: the cache margin must beat the head's 1.0
+    for b in grid(2.0, 4):
+        for a in grid(3.0, 6):
+            c = term.cache_logits(feats, b)
+            if int(((base + a * c).argmax(-1) == labels).sum()) == 2:
+                assert (alpha, beta) == (a, b)
+                return
+    pytest.fail("no pair fixes the example")
+
+
+def test_tip_defaults_table():
+    cfg = TipAdapter.make_config("oxford_flowers", 16)
+    assert (cfg.init_alpha, cfg.init_beta, cfg.search_scale) == (10.0, 1.0, (50.0, 50.0))
+    assert TipAdapterF.make_config("eurosat", 4).epochs == 100
+    assert TipAdapterF.make_config("imagenet", 4).epochs == 20
+    syn = TipAdapterF.make_config("syn_shapes", 16)
+    assert (syn.init_alpha, syn.init_beta, syn.search_scale, syn.epochs) == (1.0, 1.0, (10.0, 5.0), 20)
+
+
+# -- nothing selects on the test split ---------------------------------------------------------------
+
+class Poisoned(list):
+    """A split that fails the moment anything reads it."""
+
+    def _boom(self, *a, **k):
+        raise AssertionError("the test split was read during fit")
+
+    __iter__ = __len__ = __getitem__ = __bool__ = _boom
+
+
+@pytest.mark.parametrize("cls, overrides", [
+    (LinearProbe, {}),
+    (TipAdapter, {}),
+    (TipAdapterF, {"epochs": 2, "select": "val"}),
+    (CoOp, {"epochs": 2, "feature_views": 1}),
+    (ClipAdapter, {"epochs": 2, "views": 1}),
+])
+def test_no_selection_reads_the_test_split(fixture_root, cls, overrides):
+    ctx = fixture_context(fixture_root, cls.name)
+    ctx.data = dataclasses.replace(ctx.data, test=Poisoned())
+    out = plugin(cls, **overrides).fit(ctx.clf, ctx)
+    assert out["trainable_params"] >= 0
+    if cls in (TipAdapter, TipAdapterF):
+        assert "val_top1_search" in out  # the search did run, on val
+
+
+def test_linear_probe_search_reads_only_what_it_is_given():
+    torch.manual_seed(0)
+    x = torch.randn(40, 6).double().numpy()
+    y = (x[:, 0] > 0).astype(int)
+    c, model, history = search_c(x[:24], y[:24], x[24:], y[24:], steps=3)
+    assert len(history) == 7 + 2 * 3
+    assert c in [h[0] for h in history[7:]]  # the last bisection step's winner
+    assert (model.predict(x[24:]) == y[24:]).mean() >= 0.5
+
+
+# -- learning on the fixture -------------------------------------------------------------------------
+
+def fit_and_score(root, cls, **overrides):
+    ctx = fixture_context(root, cls.name)
+    zs, _ = evaluate(ctx, "test")
+    out = plugin(cls, **overrides).fit(ctx.clf, ctx)
+    top1, _ = evaluate(ctx, "test")
+    return ctx, zs, top1, out
+
+
+def test_coop_learns(fixture_root):
+    ctx = fixture_context(fixture_root, "coop")
+    zs, _ = evaluate(ctx, "test")
+    method = plugin(CoOp, epochs=20, feature_views=4)
+    out = method.fit(ctx.clf, ctx)
+    head = ctx.clf.head
+    init = torch.randn(head.ctx.shape, generator=ctx.generator(10)) * 0.02
+    assert not torch.allclose(head.ctx.detach().cpu(), init)
+    top1, _ = evaluate(ctx, "test")
+    assert out["trainable_params"] == 16 * 128 and top1 > zs
+
+
+def test_clip_adapter_learns(fixture_root):
+    ctx, zs, top1, out = fit_and_score(fixture_root, ClipAdapter, epochs=20, views=4, lr=0.05)
+    assert top1 > zs and out["trainable_params"] == 2 * 128 * 32
+    adapter = ctx.clf.adapters[0]
+    assert len(ctx.clf.adapters) == 1 and not adapter.training
+
+
+def test_tip_adapter_learns(fixture_root):
+    ctx, zs, top1, out = fit_and_score(fixture_root, TipAdapter)
+    assert top1 > zs and out["trainable_params"] == 0 and len(ctx.clf.logit_terms) == 1
+
+
+def test_tip_adapter_f_learns_keys(fixture_root):
+    ctx = fixture_context(fixture_root, "tip_adapter_f")
+    zs, _ = evaluate(ctx, "test")
+    out = plugin(TipAdapterF, epochs=5, select="last", search_hp=False).fit(ctx.clf, ctx)
+    term = ctx.clf.logit_terms[0]
+    views = ctx.features("train", ctx.train_transform((0.5, 1.0)), views=10, stream=30)
+    assert not torch.allclose(term.keys, F.normalize(views.mean(0), dim=-1))
+    top1, _ = evaluate(ctx, "test")
+    assert top1 > zs and out["trainable_params"] == 16 * 128 and out["epoch"] == 4
+
+
+def test_linear_probe_learns(fixture_root):
+    ctx, zs, top1, out = fit_and_score(fixture_root, LinearProbe, search_steps=2)
+    assert top1 > zs and isinstance(ctx.clf.head, torch.nn.Linear)
+    assert out["C"] > 0
+
+
+def test_stack_coop_then_tip_uses_coop_logits(fixture_root):
+    ctx = fixture_context(fixture_root, "coop+tip_adapter")
+    plugin(CoOp, epochs=2, feature_views=1).fit(ctx.clf, ctx)
+    feats = ctx.features("test")[0]
+    with torch.no_grad():
+        coop_logits = ctx.clf.logits_from_features(feats)
+    plugin(TipAdapter).fit(ctx.clf, ctx)
+    term = ctx.clf.logit_terms[0]
+    with torch.no_grad():
+        torch.testing.assert_close(ctx.clf.logits_from_features(feats), coop_logits + term(feats))

@@ -1,0 +1,106 @@
+"""The command line: reports from a run's rows, listings, and one-line errors for mistakes."""
+from __future__ import annotations
+
+import pytest
+
+from bench.cli import main
+from bench.results import RunFolder
+
+ROWS = [  # (stack, dataset, shots, seed, top1)
+    ("zeroshot", "syn_colour", 4, 1, 40.0), ("zeroshot", "syn_colour", 4, 2, 40.0),
+    ("zeroshot", "syn_shape", 4, 1, 20.0), ("zeroshot", "syn_shape", 4, 2, 20.0),
+    ("coop", "syn_colour", 4, 1, 60.0), ("coop", "syn_colour", 4, 2, 70.0),
+    ("coop", "syn_shape", 4, 1, 30.0), ("coop", "syn_shape", 4, 2, 30.0),
+    ("coop+mask", "syn_colour", 4, 1, 80.0), ("coop+mask", "syn_colour", 4, 2, 80.0),
+    ("coop+mask", "syn_shape", 4, 1, 40.0), ("coop+mask", "syn_shape", 4, 2, 40.0),
+    ("coop", "syn_colour", 16, 1, 90.0),
+]
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    folder = RunFolder(tmp_path, "demo")
+    folder.ensure()
+    for i, (stack, dataset, shots, seed, top1) in enumerate(ROWS):
+        folder.write_row({"trial_id": f"t{i}", "run": "demo", "suite": "synthetic", "stack": stack,
+                          "dataset": dataset, "shots": shots, "seed": seed, "top1": top1, "status": "ok",
+                          "model": "tiny"})
+    folder.write_row({"trial_id": "bad", "run": "demo", "suite": "synthetic", "stack": "coop",
+                      "dataset": "syn_shape", "shots": 16, "seed": 1, "status": "error",
+                      "error": "ValueError: broken image"})
+    return tmp_path
+
+
+def test_markdown_report_has_means_average_and_gain_rows(run_dir, capsys):
+    assert main(["report", "--results", str(run_dir), "--run", "demo", "--shots", "4",
+                 "--format", "markdown"]) == 0
+    text = capsys.readouterr().out
+    assert "| method | syn_colour | syn_shape | Average |" in text
+    assert "| zeroshot | 40.00 | 20.00 | 30.00 |" in text
+    assert "| coop | 65.00 | 30.00 | 47.50 |" in text
+    assert "| coop+mask vs coop | +15.00 | +10.00 | +12.50 |" in text
+    assert "| coop vs zeroshot | +25.00 | +10.00 | +17.50 |" in text
+    assert "16-shot" not in text
+
+
+def test_report_std_csv_latex_and_errors(run_dir, capsys):
+    assert main(["report", "--results", str(run_dir), "--run", "demo", "--shots", "4", "--std",
+                 "--format", "csv"]) == 0
+    assert "65.00 ± 5.00" in capsys.readouterr().out
+    assert main(["report", "--results", str(run_dir), "--run", "demo", "--format", "latex"]) == 0
+    latex = capsys.readouterr().out
+    assert r"\begin{tabular}" in latex and r"coop+mask vs coop" in latex
+    assert main(["report", "--results", str(run_dir), "--run", "demo", "--errors"]) == 0
+    assert "ValueError: broken image" in capsys.readouterr().out
+
+
+def test_report_plot_writes_a_png(run_dir, tmp_path, capsys):
+    png = tmp_path / "curves.png"
+    assert main(["report", "--results", str(run_dir), "--run", "demo", "--plot", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["run", "--methods", "coop++mask"], "malformed method stack 'coop++mask'"),
+    (["run", "--methods", "+mask"], "malformed method stack '+mask'"),
+    (["run", "--methods", "zeroshott"], "unknown method 'zeroshott' (did you mean 'zeroshot'?)"),
+    (["run", "--suite", "nope"], "unknown suite 'nope'"),
+    (["run", "--datasets", "syn_nope"], "unknown dataset 'syn_nope'"),
+    (["run", "--shots", "0"], "shots must be positive"),
+    (["run", "--seeds", "1,a"], "--seeds must be a comma list of integers"),
+    (["run", "--set", "zeroshot.lr=1"], "unknown setting 'zeroshot.lr'"),
+    (["run", "--set", "lr=1"], "write METHOD.KEY=VALUE"),
+    (["run", "--model", "ViT-Q-99"], "unknown model 'ViT-Q-99'"),
+    (["run", "--device", "tpu"], "--device must be cpu or cuda"),
+    (["run", "--run", "../x"], "bad run name"),
+    (["report", "--run", "missing"], "no run 'missing'"),
+])
+def test_user_mistakes_print_one_line_and_exit_2(argv, fragment, tmp_path, capsys):
+    results = ["--results", str(tmp_path)]
+    code = main(argv + results)
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert fragment in err and len(err.splitlines()) == 1, err
+    assert "Traceback" not in err
+
+
+def test_cuda_without_a_gpu_is_a_user_error(tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert main(["run", "--device", "cuda", "--results", str(tmp_path)]) == 2
+    assert "no CUDA GPU is visible" in capsys.readouterr().err
+
+
+def test_report_on_a_run_without_rows(tmp_path, capsys):
+    RunFolder(tmp_path, "empty").ensure()
+    assert main(["report", "--results", str(tmp_path), "--run", "empty"]) == 2
+    assert "has no rows yet" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind, expect", [("methods", "zeroshot"), ("suites", "synthetic"),
+                                          ("datasets", "syn_colour"), ("models", "tiny")])
+def test_list(kind, expect, capsys):
+    assert main(["list", kind]) == 0
+    assert expect in capsys.readouterr().out

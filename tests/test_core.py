@@ -1,0 +1,128 @@
+"""Plugin contract, stacks, trial ids and run planning."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from bench import BenchError, Method, Slot
+from bench.plan import parse_int_list, parse_sets, plan_trials
+from bench.registry import get_method, methods, parse_stack
+from bench.spec import TrialSpec
+from bench.suite import load_suite
+
+
+@dataclasses.dataclass
+class _Cfg:
+    lr: float = 0.1
+    epochs: int = 3
+    flag: bool = False
+    name: str = "x"
+    steps: int | None = None
+
+
+class _Toy(Method):
+    name = "toy"
+    description = "toy"
+    Config = _Cfg
+
+
+def test_make_config_coerces_strings_from_the_command_line():
+    cfg = _Toy.make_config("d", 4, {"lr": "1e-3", "epochs": "7", "flag": "true", "steps": "none"})
+    assert (cfg.lr, cfg.epochs, cfg.flag, cfg.steps) == (1e-3, 7, True, None)
+    assert _Toy.make_config("d", 4, {"steps": "12"}).steps == 12
+
+
+@pytest.mark.parametrize("overrides, fragment", [
+    ({"lrr": "1"}, "unknown setting 'toy.lrr'"),
+    ({"epochs": "2.5"}, "bad value '2.5' for 'toy.epochs'"),
+    ({"flag": "maybe"}, "bad value 'maybe' for 'toy.flag'"),
+    ({"lr": "fast"}, "bad value 'fast' for 'toy.lr'"),
+])
+def test_make_config_rejects_bad_settings(overrides, fragment):
+    with pytest.raises(BenchError, match=fragment.replace("(", r"\(")):
+        _Toy.make_config("d", 4, overrides)
+
+
+def test_in_tree_methods_are_discovered_through_entry_points():
+    found = methods()
+    assert "zeroshot" in found and found["zeroshot"].slot is None
+
+
+@pytest.mark.parametrize("stack, fragment", [
+    ("coop++mask", "malformed method stack"),
+    ("+mask", "malformed method stack"),
+    ("mask+", "malformed method stack"),
+    ("", "malformed method stack"),
+    ("zeroshotx", "unknown method 'zeroshotx' (did you mean 'zeroshot'?)"),
+    ("zeroshot+zeroshot", "names a method twice"),
+])
+def test_bad_stacks_fail_with_one_clear_line(stack, fragment):
+    with pytest.raises(BenchError) as info:
+        parse_stack(stack)
+    assert fragment in str(info.value) and "\n" not in str(info.value)
+
+
+def test_two_methods_claiming_the_same_part_are_rejected(monkeypatch):
+    class HeadA(Method):
+        name, description, slot = "head_a", "a", Slot.HEAD
+
+    class HeadB(Method):
+        name, description, slot = "head_b", "b", Slot.HEAD
+
+    class Enc(Method):
+        name, description, slot = "enc", "e", Slot.ENCODER
+
+    table = {"head_a": HeadA, "head_b": HeadB, "enc": Enc}
+    monkeypatch.setattr("bench.registry._discover", lambda: (table, {}))
+    with pytest.raises(BenchError, match="both change the head"):
+        parse_stack("head_a+head_b")
+    assert [m.name for m in parse_stack("head_a+enc")] == ["enc", "head_a"]  # pipeline order
+
+
+def test_trial_id_is_stable_and_tracks_what_changes_results():
+    base = TrialSpec(run="r", suite="s", dataset="syn_colour", shots=4, seed=1, stack="zeroshot")
+    same = dataclasses.replace(base, run="other", results="/elsewhere", device="cuda")
+    assert base.trial_id == same.trial_id
+    for change in ({"seed": 2}, {"shots": 8}, {"dataset": "syn_shape"}, {"model": "ViT-B-16"}):
+        assert dataclasses.replace(base, **change).trial_id != base.trial_id
+    assert TrialSpec.from_dict(base.to_dict()) == base
+
+
+def test_parse_helpers_give_one_line_errors():
+    assert parse_int_list("1, 2,4", "shots") == [1, 2, 4]
+    with pytest.raises(BenchError, match="--seeds must be a comma list of integers"):
+        parse_int_list("1,two", "seeds")
+    assert parse_sets(["zeroshot.a=1"]) == {"zeroshot": {"a": "1"}}
+    with pytest.raises(BenchError, match="write METHOD.KEY=VALUE"):
+        parse_sets(["lr=1"])
+    with pytest.raises(BenchError, match="unknown method 'nosuch'"):
+        parse_sets(["nosuch.lr=1"])
+
+
+def test_plan_covers_the_grid_and_validates_up_front(tmp_path):
+    suite = load_suite("synthetic")
+    specs = plan_trials(suite, run="r", results=str(tmp_path), methods=["zeroshot"],
+                        datasets=["syn_colour", "syn_shape"], shots=[1, 4], seeds=[1, 2])
+    assert len(specs) == 8 and len({s.trial_id for s in specs}) == 8
+    with pytest.raises(BenchError, match="unknown dataset 'syn_colr'"):
+        plan_trials(suite, run="r", results=str(tmp_path), datasets=["syn_colr"])
+    with pytest.raises(BenchError, match="shots must be positive"):
+        plan_trials(suite, run="r", results=str(tmp_path), shots=[0])
+    with pytest.raises(BenchError, match="bad run name"):
+        plan_trials(suite, run="../escape", results=str(tmp_path))
+
+
+def test_unknown_suite_suggests_the_closest(tmp_path):
+    with pytest.raises(BenchError, match="did you mean 'synthetic'"):
+        load_suite("synthetc")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("datasets = [")
+    with pytest.raises(BenchError, match="not valid TOML"):
+        load_suite(str(bad))
+
+
+def test_get_method_reports_a_broken_plugin(monkeypatch):
+    monkeypatch.setattr("bench.registry._discover", lambda: ({}, {"broken": "ImportError: x"}))
+    with pytest.raises(BenchError, match="method plugin 'broken' failed to load"):
+        get_method("broken")

@@ -1,0 +1,78 @@
+"""The embedded ``tiny`` CLIP: config, offline loading of the committed weights, zero-shot above chance."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ASSETS = Path(__file__).resolve().parents[1] / "harness" / "assets"
+CONFIG = ASSETS / "tiny.json"
+WEIGHTS = ASSETS / "tiny.safetensors"
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    import open_clip
+
+    if "tiny" not in open_clip.list_models():
+        open_clip.add_model_config(CONFIG)
+    model, _, preprocess = open_clip.create_model_and_transforms("tiny", pretrained=str(WEIGHTS))
+    return model.eval(), preprocess, open_clip.get_tokenizer("tiny")
+
+
+def test_config_is_openai_loadable():
+    cfg = json.loads(CONFIG.read_text())
+    vision, text = cfg["vision_cfg"], cfg["text_cfg"]
+    assert vision.get("head_width", 64) == 64
+    assert text["heads"] == text["width"] // 64
+    assert text["vocab_size"] == 49408
+    assert vision["image_size"] % vision["patch_size"] == 0
+
+
+def test_weights_are_small_and_complete(tiny):
+    from safetensors.torch import load_file
+
+    assert WEIGHTS.stat().st_size <= 25 * 2**20
+    state = load_file(str(WEIGHTS))
+    model, _, _ = tiny
+    assert set(state) == set(model.state_dict())
+    for key in ("visual.conv1.weight", "token_embedding.weight", "logit_scale"):
+        assert torch.equal(model.state_dict()[key], state[key].float())
+    # what OpenAI-CLIP-style loaders infer from the state dict matches the model
+    width = state["visual.conv1.weight"].shape[0]
+    assert model.visual.transformer.resblocks[0].attn.num_heads == width // 64
+    assert model.transformer.resblocks[0].attn.num_heads == state["ln_final.weight"].shape[0] // 64
+    assert model.logit_scale.exp().item() > 20  # trained, not the 1/0.07 initialisation
+
+
+def test_tokenizer_matches_context_length(tiny):
+    model, _, tokenizer = tiny
+    tokens = tokenizer(["a photo of a red circle on a striped background."])
+    assert tokens.shape == (1, json.loads(CONFIG.read_text())["text_cfg"]["context_length"])
+    assert model.positional_embedding.shape[0] == tokens.shape[1]
+
+
+@torch.no_grad()
+def test_zero_shot_colour_well_above_chance(tiny, tmp_path):
+    from bench.data import synthetic
+    from bench.data.splits import read_split_json
+    from bench.data.transforms import test_transform
+    from PIL import Image
+
+    model, preprocess, tokenizer = tiny
+    spec = synthetic.SPECS["syn_colour"]
+    folder = synthetic.materialize("syn_colour", tmp_path)
+    test = read_split_json(folder / spec.split_file, folder / "images")["test"]
+    transform = test_transform(32)
+    images = torch.stack([transform(Image.open(d.path)) for d in test])
+    # open_clip's own preprocessing gives the same tensors as the harness's test transform
+    assert torch.allclose(preprocess(Image.open(test[0].path)), images[0], atol=1e-6)
+    text = model.encode_text(tokenizer([spec.template.format(c) for c in spec.classnames]))
+    feats = model.encode_image(images)
+    logits = torch.nn.functional.normalize(feats, dim=-1) @ torch.nn.functional.normalize(text, dim=-1).T
+    acc = (logits.argmax(1) == torch.tensor([d.label for d in test])).float().mean().item()
+    assert acc > 0.6, f"zero-shot colour accuracy {acc:.2f} (chance 0.10)"
