@@ -76,33 +76,45 @@ def run(
         data_root=data_root, device=device, sets=parse_sets(set_))
     folder = RunFolder(results, run_name)
     folder.ensure()
-    done, failed = folder.done_ids(), folder.failed_ids()
-    todo = [s for s in specs if (s.trial_id in failed if retry_failed else s.trial_id not in done)]
-    err.print(f"[bold]{run_name}[/]: {len(specs)} trials, {len(specs) - len(todo)} already done or skipped, "
-              f"running {len(todo)} -> {folder.root}")
-    if todo:
-        from .scheduler import run_with_ray
-
-        gpus = gpus_per_trial if gpus_per_trial is not None else (
-            spec_suite.gpus_per_trial or (1.0 if todo[0].device == "cuda" else 0.0))
-        try:
-            run_with_ray(todo, address=address, cpus_per_trial=cpus_per_trial or spec_suite.cpus_per_trial,
-                         gpus_per_trial=gpus, max_concurrent=max_concurrent, console=err)
-        except KeyboardInterrupt:
-            left = len({s.trial_id for s in specs} - folder.done_ids())
-            err.print(f"interrupted: finished trials are kept; {left} trials left — run the same command "
-                      "again to continue")
-            raise typer.Exit(130)
+    with folder.lock():
+        _run_locked(folder, specs, spec_suite, retry_failed=retry_failed, address=address,
+                    cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, max_concurrent=max_concurrent)
     ids = {s.trial_id for s in specs}
     rows = folder.read()
     rows = rows[rows.trial_id.isin(ids)]
-    n_failed = int((rows.status != "ok").sum())
-    if report_after and (rows.status == "ok").any():
+    n_ok, n_failed = int((rows.status == "ok").sum()), int((rows.status != "ok").sum())
+    if report_after and n_ok:
         _print_report(rows, None, Format.table, std=False)
-    err.print(f"{int((rows.status == 'ok').sum())} of {len(ids)} trials ok, {n_failed} failed"
-              + (f"; see `bench report --run {run_name} --errors`, then `--retry-failed`" if n_failed else ""))
-    if n_failed or len(rows) < len(ids):
+    short = rows.extras.fillna("").str.contains("classes_with_fewer_than_k")
+    if short.any():
+        err.print(f"warning: {int(short.sum())} trials had classes with fewer than K train images; "
+                  "all their images were used (as Dassl does)")
+    left = len(ids) - len(rows)
+    err.print(f"{n_ok} of {len(ids)} trials ok, {n_failed} failed"
+              + (f", {left} not run — run the same command again to continue" if left else "")
+              + (f"; see `bench report --run {run_name} --errors`, then rerun with --retry-failed" if n_failed
+                 else ""))
+    if n_failed or left:
         raise typer.Exit(1)
+
+
+def _run_locked(folder, specs, suite, *, retry_failed, address, cpus_per_trial, gpus_per_trial,
+                max_concurrent) -> None:
+    done, failed = folder.done_ids(), folder.failed_ids()
+    todo = [s for s in specs if (s.trial_id in failed if retry_failed else s.trial_id not in done)]
+    err.print(f"[bold]{folder.run}[/]: {len(specs)} trials, {len(specs) - len(todo)} already done or skipped, "
+              f"running {len(todo)} -> {folder.root}")
+    if not todo:
+        return
+    from .scheduler import run_with_ray
+
+    gpus = gpus_per_trial if gpus_per_trial is not None else (
+        suite.gpus_per_trial or (1.0 if todo[0].device == "cuda" else 0.0))
+    try:
+        run_with_ray(todo, address=address, cpus_per_trial=cpus_per_trial or suite.cpus_per_trial,
+                     gpus_per_trial=gpus, max_concurrent=max_concurrent, console=err)
+    except KeyboardInterrupt:
+        err.print("interrupted: finished trials are kept")
 
 
 def _print_report(rows, shots, fmt: Format, std: bool, compare: Optional[str] = None) -> None:

@@ -7,11 +7,12 @@ from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
 from .data import transforms as T
 from .data.splits import DatasetSplits, Datum
+from .errors import BenchError
 
 
 class ImageList(Dataset):
@@ -23,8 +24,16 @@ class ImageList(Dataset):
 
     def __getitem__(self, i: int):
         d = self.items[i]
-        with Image.open(d.path) as im:
-            return self.transform(im.convert("RGB")), d.label
+        try:
+            with Image.open(d.path) as im:
+                return self.transform(im.convert("RGB")), d.label
+        except FileNotFoundError:
+            raise BenchError(f"image {d.path} listed in the split is missing; restore the dataset's files "
+                             "(`bench data check` lists what is missing)") from None
+        except (UnidentifiedImageError, OSError, SyntaxError) as err:
+            # A damaged file fails its trial rather than being skipped: skipping would change the split.
+            raise BenchError(f"corrupt image file {d.path} ({type(err).__name__}); replace it with a good "
+                             "copy from the dataset's source") from None
 
 
 def prompt_classname(name: str) -> str:
@@ -43,6 +52,7 @@ class TrialContext:
     std: tuple = T.OPENAI_STD
     progress: Callable[[str], None] = lambda msg: None  # short status lines for long fits
     artifact_dir: Path | None = None  # where a method may save files (e.g. learned masks); None: nowhere
+    short_classes: int = 0  # classes with fewer than K train images (all of them are used)
     encoder_version: int = 0  # bumped by the harness whenever an encoder-slot method changed the weights
     _features: dict = dataclasses.field(default_factory=dict)
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 from typing import Any
 
 from .data.catalog import get_dataset
@@ -35,6 +36,17 @@ def parse_sets(items: list[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def check_data(dataset, data_root: str | None) -> None:
+    """Fail before any trial starts when a dataset or its split file is missing or unreadable."""
+    if dataset.synthetic and not (data_root and (Path(data_root) / dataset.folder).is_dir()):
+        return  # generated on first use
+    if data_root is not None and not Path(data_root).expanduser().is_dir():
+        raise BenchError(f"--data-root {data_root} does not exist; point it at the folder that holds the datasets")
+    dataset.locate(Path(data_root) if data_root else None)
+    if dataset.split_file:
+        dataset.read(Path(data_root))  # parses the split file: a broken one fails here, in one line
+
+
 def default_device() -> str:
     import torch
 
@@ -52,7 +64,7 @@ def plan_trials(suite: Suite, *, run: str, results: str, methods: list[str] | No
         parse_stack(stack)
     datasets = datasets or suite.datasets
     for name in [*datasets, *suite.shift_targets]:
-        get_dataset(name)
+        check_data(get_dataset(name), data_root)
     shots = shots or suite.shots
     if any(k <= 0 for k in shots):
         raise BenchError(f"shots must be positive integers, got {shots}")

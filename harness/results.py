@@ -6,6 +6,9 @@ never collide and a half-written file is never read (readers skip names starting
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 import re
 import uuid
 from pathlib import Path
@@ -79,6 +82,36 @@ class RunFolder:
         except OSError as err:
             raise BenchError(f"results folder {self.root} is not writable ({err.strerror or err}); "
                              "pass --results with a folder you can write to") from None
+
+    @contextlib.contextmanager
+    def lock(self):
+        """Hold the run for one `bench run` process; a second one is refused with a clear message.
+
+        The lock is released by the OS when its holder dies (even by kill -9), and whoever takes it next
+        removes the temporary files of trials that died mid-write.
+        """
+        if not self.is_local:  # object stores: no locks; one file per trial id keeps rows exactly-once
+            yield
+            return
+        path = Path(self.root) / ".lock"
+        with open(path, "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "?"
+                raise BenchError(f"run '{self.run}' is in use by another `bench run` (pid {holder}); wait for "
+                                 "it to finish or choose another --run") from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(str(os.getpid()))
+            handle.flush()
+            for stale in Path(self.trials).glob(".tmp-*"):
+                stale.unlink(missing_ok=True)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def write_row(self, row: dict[str, Any]) -> None:
         row = {"schema_version": SCHEMA_VERSION, **row}

@@ -47,7 +47,7 @@ def build_context(spec: TrialSpec, progress: Callable[[str], None] = lambda m: N
     size = size[0] if isinstance(size, (tuple, list)) else size
     norm = next(t for t in preprocess.transforms if type(t).__name__ == "Normalize")
     ctx = TrialContext(spec=spec, clf=None, tokenizer=tokenizer, data=data, device=device, image_size=int(size),
-                       mean=tuple(norm.mean), std=tuple(norm.std), progress=progress)
+                       mean=tuple(norm.mean), std=tuple(norm.std), progress=progress, short_classes=len(short))
     ctx.clf = ClipClassifier(model, ZeroShotHead(torch.zeros(1, 1), 1.0)).to(device)
     ctx.clf.head = ZeroShotHead(ctx.text_weights(), ctx.clf.logit_scale).to(device)
     return ctx
@@ -76,6 +76,8 @@ def run_trial(spec: TrialSpec, progress: Callable[[str], None] = lambda m: None,
     ctx = build_context(spec, progress)
     ctx.artifact_dir = artifact_dir
     row: dict[str, Any] = {"mask_sparsity": None, "extras": {}}
+    if ctx.short_classes:  # Dassl takes every image of a class smaller than K; say so in the row
+        row["extras"]["classes_with_fewer_than_k"] = ctx.short_classes
     trainable = 0
     t0 = time.perf_counter()
     for plugin, config in spec.configs():
