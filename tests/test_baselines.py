@@ -79,7 +79,7 @@ def test_coop_context_shapes_and_gradients(tiny):
     model, tokenizer = tiny
     gen = torch.Generator().manual_seed(0)
     head = PromptHead(model, tokenizer, CLASSES, CoOpConfig(n_ctx=16), gen)
-    assert head.ctx.shape == (16, 128) and 0.01 < float(head.ctx.std()) < 0.03
+    assert head.ctx.shape == (16, 128) and 0.01 < float(head.ctx.detach().std()) < 0.03
     csc = PromptHead(model, tokenizer, CLASSES, CoOpConfig(n_ctx=8, csc=True), gen)
     assert csc.ctx.shape == (len(CLASSES), 8, 128)
     logits = csc(torch.randn(3, 128))
@@ -200,7 +200,7 @@ class Poisoned(list):
 
 
 @pytest.mark.parametrize("cls, overrides", [
-    (LinearProbe, {}),
+    (LinearProbe, {"search_steps": 2}),
     (TipAdapter, {}),
     (TipAdapterF, {"epochs": 2, "select": "val"}),
     (CoOp, {"epochs": 2, "feature_views": 1}),
@@ -247,11 +247,23 @@ def test_coop_learns(fixture_root):
     assert out["trainable_params"] == 16 * 128 and top1 > zs
 
 
-def test_clip_adapter_learns(fixture_root):
-    ctx, zs, top1, out = fit_and_score(fixture_root, ClipAdapter, epochs=20, views=4, lr=0.05)
+def test_clip_adapter_learns(fixture_root, monkeypatch):
+    import bench.methods.clip_adapter as module
+
+    made = []
+
+    class Recording(ResidualAdapter):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            made.append(self.fc[0].weight.detach().clone())
+
+    monkeypatch.setattr(module, "ResidualAdapter", Recording)
+    # the random model's features are nearly parallel: a larger step and ratio than the defaults
+    ctx, zs, top1, out = fit_and_score(fixture_root, ClipAdapter, epochs=50, views=4, lr=0.05, ratio=0.5)
     assert top1 > zs and out["trainable_params"] == 2 * 128 * 32
     adapter = ctx.clf.adapters[0]
     assert len(ctx.clf.adapters) == 1 and not adapter.training
+    assert len(made) == 1 and not torch.allclose(adapter.fc[0].weight, made[0])
 
 
 def test_tip_adapter_learns(fixture_root):
