@@ -45,9 +45,15 @@ class LinearProbeConfig:
 
 
 def fit_logreg(x: np.ndarray, y: np.ndarray, c: float, max_iter: int):
-    from sklearn.linear_model import LogisticRegression
+    """sklearn's lbfgs logistic regression (L2, the default penalty), BLAS threads capped at torch's.
 
-    with warnings.catch_warnings():
+    The cap follows ``torch.get_num_threads()`` (what the trial was given): an uncapped BLAS pool on a
+    busy machine oversubscribes the cores and makes these small fits tens of times slower.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from threadpoolctl import threadpool_limits
+
+    with warnings.catch_warnings(), threadpool_limits(limits=torch.get_num_threads()):
         warnings.simplefilter("ignore")  # lbfgs convergence warnings at extreme C are expected
         return LogisticRegression(solver="lbfgs", max_iter=max_iter, C=c).fit(x, y)
 

@@ -89,6 +89,22 @@ def test_coop_context_shapes_and_gradients(tiny):
     assert all(p.grad is None for p in model.parameters())
 
 
+def test_coop_fp16_head_is_a_half_copy(tiny):
+    # CoOp's fp16 mode: context and text path in half precision, the shared model untouched
+    model, tokenizer = tiny
+    cfg = CoOpConfig(ctx_init="a photo of a")
+    h32 = PromptHead(model, tokenizer, CLASSES, cfg, torch.Generator().manual_seed(0))
+    h16 = PromptHead(model, tokenizer, CLASSES, cfg, torch.Generator().manual_seed(0), dtype=torch.float16)
+    assert h16.ctx.dtype == h16.tower.dtype == torch.float16
+    assert model.transformer.get_cast_dtype() == torch.float32
+    f = torch.randn(3, 128)
+    logits = h16(f)
+    assert logits.dtype == torch.float32
+    torch.testing.assert_close(logits, h32(f), atol=0.05, rtol=0.01)
+    logits.sum().backward()
+    assert h16.ctx.grad.dtype == torch.float16
+
+
 def test_coop_rejects_custom_text_layout():
     with pytest.raises(BenchError, match="CustomTextCLIP"):
         check_text_layout(torch.nn.Linear(2, 2))
