@@ -21,9 +21,12 @@ Faithful to gaopengcuhk/Tip-Adapter ``main.py`` / ``utils.py`` (reference: basel
 **Selection uses the few-shot validation split only, never the test split.** The official code searches
 (alpha, beta) on the full val split (on the test set for ImageNet), keeps the Tip-Adapter-F epoch with the
 best *test* accuracy and reports the better of two test numbers; here the search and the epoch choice
-(``select="val"``: the first epoch with the best few-shot-val accuracy at the initial alpha/beta, or
-``select="last"``) read the few-shot val split, and the test split is left to the harness's one final
-evaluation.
+(``select="val"``: the epoch with the best few-shot-val accuracy at the initial alpha/beta, the later one
+on ties since a few-shot val split ties often; or ``select="last"``) read the few-shot val split only, and
+the test split is left to the harness's one final evaluation.
+
+The "CLIP logits" are the installed head's: ``logit_scale.exp()`` × cosine for the zero-shot head, which is
+the official hard-coded 100 for OpenAI weights (other models use their own learned scale).
 
 Other differences: fp32 throughout (the official code runs CLIP and the cache in fp16). Tip-Adapter-F
 trains on cached encoder features of augmented views (``feature_cache=true``): ``train_views=0`` caches one
@@ -225,7 +228,7 @@ class TipAdapterF(_TipBase):
                 feats_v, base_v, labels_v = val
                 with torch.no_grad():
                     correct = int(((base_v + term(feats_v)).argmax(-1) == labels_v).sum())
-                if correct > best_correct:
+                if correct >= best_correct:  # ties: the later, longer-trained epoch
                     best_correct, best_epoch, best_keys = correct, epoch, term.keys.detach().clone()
             if (epoch + 1) % 5 == 0 or epoch + 1 == cfg.epochs:
                 ctx.progress(f"tip_adapter_f epoch {epoch + 1}/{cfg.epochs} loss {loss_value:.4f}")

@@ -231,6 +231,18 @@ def test_no_selection_reads_the_test_split(fixture_root, cls, overrides):
         assert "val_top1_search" in out  # the search did run, on val
 
 
+@pytest.mark.parametrize("cls, overrides", [
+    (CoOp, {"epochs": 1}),
+    (ClipAdapter, {"epochs": 1, "feature_cache": False}),
+    (TipAdapterF, {"epochs": 1, "feature_cache": False}),
+])
+def test_live_augmentation_loops_run(fixture_root, cls, overrides):
+    # the official per-epoch loops: freshly augmented images through the frozen encoder
+    ctx = fixture_context(fixture_root, cls.name)
+    out = plugin(cls, **overrides).fit(ctx.clf, ctx)
+    assert out["trainable_params"] > 0 and math.isfinite(out["train_loss"])
+
+
 def test_linear_probe_search_reads_only_what_it_is_given():
     torch.manual_seed(0)
     x = torch.randn(40, 6).double().numpy()
