@@ -60,9 +60,13 @@ def run(
     address: Optional[str] = typer.Option(None, help="Address of a running Ray cluster to join."),
     set_: List[str] = typer.Option([], "--set", help="Method setting METHOD.KEY=VALUE (repeatable)."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Re-run only the trials that failed."),
+    cache_dir: Optional[str] = typer.Option(None, help="Feature and stage cache shared by trials and runs "
+                                            "[default: $BENCH_CACHE or ~/.cache/bench]."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Compute every feature and stage afresh."),
     report_after: bool = typer.Option(True, "--report/--no-report", help="Print the report at the end."),
 ):
     """Run every trial (dataset x shots x seed x method stack) of a suite; finished trials are skipped."""
+    from .cache import default_cache_dir
     from .plan import parse_int_list, parse_sets, plan_trials
     from .results import RunFolder
     from .suite import load_suite
@@ -73,7 +77,8 @@ def run(
         spec_suite, run=run_name, results=results, methods=_split(methods), datasets=_split(datasets),
         shots=parse_int_list(shots, "shots") if shots else None,
         seeds=parse_int_list(seeds, "seeds") if seeds else None, model=model, pretrained=pretrained,
-        data_root=data_root, device=device, sets=parse_sets(set_))
+        data_root=data_root, device=device, sets=parse_sets(set_),
+        cache_dir=None if no_cache else (cache_dir or default_cache_dir()))
     folder = RunFolder(results, run_name)
     folder.ensure()
     with folder.lock():

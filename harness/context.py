@@ -10,23 +10,31 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
+from .cache import FeatureCache, digest, items_fingerprint
 from .data import transforms as T
 from .data.splits import DatasetSplits, Datum
 from .errors import BenchError
 
 
 class ImageList(Dataset):
-    def __init__(self, items: Sequence[Datum], transform: Callable):
-        self.items, self.transform = list(items), transform
+    """Images of a split, decoded on access; ``decoded`` (a dict) keeps decoded images for reuse."""
+
+    def __init__(self, items: Sequence[Datum], transform: Callable, decoded: dict | None = None):
+        self.items, self.transform, self.decoded = list(items), transform, decoded
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, i: int):
         d = self.items[i]
+        if self.decoded is not None and d.path in self.decoded:
+            return self.transform(self.decoded[d.path]), d.label
         try:
             with Image.open(d.path) as im:
-                return self.transform(im.convert("RGB")), d.label
+                image = im.convert("RGB")
+            if self.decoded is not None:
+                self.decoded[d.path] = image
+            return self.transform(image), d.label
         except FileNotFoundError:
             raise BenchError(f"image {d.path} listed in the split is missing; restore the dataset's files "
                              "(`bench data check` lists what is missing)") from None
@@ -53,8 +61,12 @@ class TrialContext:
     progress: Callable[[str], None] = lambda msg: None  # short status lines for long fits
     artifact_dir: Path | None = None  # where a method may save files (e.g. learned masks); None: nowhere
     short_classes: int = 0  # classes with fewer than K train images (all of them are used)
-    encoder_version: int = 0  # bumped by the harness whenever an encoder-slot method changed the weights
+    encoder_id: str = ""  # identity of the encoder's weights; the harness updates it after an encoder stage
+    cache: FeatureCache | None = None  # features shared across trials and runs (None: within the trial only)
+    num_workers: int = 0  # image-decoding worker processes (0 on CPU, several on GPU)
     _features: dict = dataclasses.field(default_factory=dict)
+    _decoded: dict = dataclasses.field(default_factory=dict)
+    _items_ids: dict = dataclasses.field(default_factory=dict)
 
     # -- convenience ---------------------------------------------------------------------------
     @property
@@ -66,9 +78,8 @@ class TrialContext:
         return len(self.data.classnames)
 
     def switch_data(self, data: DatasetSplits) -> None:
-        """Evaluate on other data (new classes, a shifted dataset); cached features are dropped."""
+        """Evaluate on other data (new classes, a shifted dataset)."""
         self.data = data
-        self._features.clear()
 
     def split(self, name: str) -> list[Datum]:
         return getattr(self.data, name)
@@ -106,24 +117,47 @@ class TrialContext:
                drop_last: bool = False, generator: torch.Generator | None = None) -> DataLoader:
         """Batches of (images, labels). ``drop_last`` follows Dassl: only when the set fills a batch."""
         items = self.split(split)
-        return DataLoader(ImageList(items, transform or self.test_transform()), batch_size=batch_size,
-                          shuffle=shuffle, drop_last=drop_last and len(items) >= batch_size,
-                          generator=generator, num_workers=0)
+        # Few-shot sets are small and read every epoch: keep them decoded in memory (single process only).
+        decoded = self._decoded if split in ("train", "val") and not self.num_workers else None
+        return DataLoader(ImageList(items, transform or self.test_transform(), decoded), batch_size=batch_size,
+                          shuffle=shuffle, drop_last=drop_last and len(items) >= batch_size, generator=generator,
+                          num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
+                          persistent_workers=False)
 
     @torch.no_grad()
     def features(self, split: str, transform=None, views: int = 1, stream: int = 0) -> torch.Tensor:
-        """Encoder features [views, N, D] (un-normalised) of a split, in split order.
+        """Encoder features [views, N, D] (un-normalised, float32) of a split, in split order.
 
         ``transform=None`` is the test transform (one view suffices); a random train transform gives
-        ``views`` independently augmented passes. Cached per encoder state within the trial.
+        ``views`` independently augmented passes, seeded from the trial seed and ``stream``. Cached in
+        memory for the trial and, with a cache folder, on disk for every trial that sees the same encoder,
+        files, transform and (for augmented views) seed.
         """
-        key = (split, repr(transform) if transform is not None else "test", views, stream, self.encoder_version)
-        if key not in self._features:
+        augmented = transform is not None
+        what = {"encoder": self.encoder_id, "items": self._items_id(split),
+                "transform": repr(transform) if augmented else ("test", self.image_size, self.mean, self.std),
+                "views": views, "seed": (self.spec.seed, stream) if augmented else None,
+                "device": self.device.type}
+        key = digest(what)
+        if key in self._features:
+            return self._features[key]
+        feats = self.cache.get(key) if self.cache is not None else None
+        if feats is None:
             gen = self.generator(1000 + stream)
             out = []
             for _ in range(views):
                 torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
-                feats = [self.clf.encode(x.to(self.device)).float() for x, _ in self.loader(split, transform)]
-                out.append(torch.cat(feats))
-            self._features[key] = torch.stack(out)
+                batches = [self.clf.encode(x.to(self.device, non_blocking=True)).float()
+                           for x, _ in self.loader(split, transform)]
+                out.append(torch.cat(batches))
+            feats = torch.stack(out)
+            if self.cache is not None:
+                self.cache.put(key, feats)
+        self._features[key] = feats.to(self.device)
         return self._features[key]
+
+    def _items_id(self, split: str) -> str:
+        items = self.split(split)
+        if id(items) not in self._items_ids:
+            self._items_ids[id(items)] = (items, items_fingerprint(items))  # keep items alive: ids stay unique
+        return self._items_ids[id(items)][1]

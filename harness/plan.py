@@ -57,7 +57,7 @@ def plan_trials(suite: Suite, *, run: str, results: str, methods: list[str] | No
                 datasets: list[str] | None = None, shots: list[int] | None = None,
                 seeds: list[int] | None = None, model: str | None = None, pretrained: str | None = None,
                 data_root: str | None = None, device: str | None = None,
-                sets: dict[str, dict[str, Any]] | None = None) -> list[TrialSpec]:
+                sets: dict[str, dict[str, Any]] | None = None, cache_dir: str | None = None) -> list[TrialSpec]:
     check_run_name(run)
     stacks = [s.strip() for s in (methods or suite.methods)]
     for stack in stacks:
@@ -88,7 +88,8 @@ def plan_trials(suite: Suite, *, run: str, results: str, methods: list[str] | No
         spec = TrialSpec(run=run, suite=suite.name, dataset=dataset, shots=k, seed=seed, stack=stack,
                          model=model or suite.model, pretrained=pretrained or suite.pretrained,
                          overrides={m: v for m, v in overrides.items() if m in in_stack},
-                         data_root=data_root, device=device, results=str(results), protocol=suite.protocol,
+                         data_root=data_root, device=device, results=str(results), cache_dir=cache_dir,
+                         protocol=suite.protocol,
                          shift_targets=tuple(suite.shift_targets))
         spec.configs()  # validates every --set key and value now, not inside a worker
         specs.append(spec)

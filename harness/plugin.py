@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+from pathlib import Path
 import types
 import typing
 from typing import Any, ClassVar
@@ -59,6 +60,23 @@ class Method:
                 raise BenchError(f"unknown setting '{cls.name}.{key}'; {cls.name} accepts: {known}")
         hints = typing.get_type_hints(cls.Config)
         return cls.Config(**{k: coerce(f"{cls.name}.{k}", v, hints[k]) for k, v in values.items()})
+
+    # -- reuse across trials (optional) ---------------------------------------------------------
+    def export(self, clf, directory: Path) -> None:
+        """Save what ``fit`` installed, so a later trial can ``restore`` it instead of training.
+
+        Implementing export/restore makes the stage reusable: e.g. the masks learned for ``mask`` are
+        reused by ``coop+mask`` on the same data and seed.
+        """
+        raise NotImplementedError
+
+    def restore(self, clf, ctx, directory: Path) -> None:
+        """Install the state written by ``export`` into ``clf`` (the inverse of export)."""
+        raise NotImplementedError
+
+    @classmethod
+    def reusable(cls) -> bool:
+        return cls.export is not Method.export and cls.restore is not Method.restore
 
     # -- training ------------------------------------------------------------------------------
     def fit(self, clf, ctx) -> dict[str, Any]:

@@ -24,6 +24,7 @@ class TrialSpec:
     data_root: str | None = None
     device: str = "cpu"
     results: str = "results"
+    cache_dir: str | None = None  # shared feature and stage cache (None: no cache across trials)
     protocol: str = "fewshot"  # "fewshot" | "base2new" | "shift"
     shift_targets: tuple[str, ...] = ()  # shift protocol: datasets tested besides the training one
 
@@ -34,6 +35,16 @@ class TrialSpec:
 
     def hyperparameters(self) -> dict[str, dict[str, Any]]:
         return {m.name: config_dict(cfg) for m, cfg in self.configs()}
+
+    def stage_key(self, upto: int) -> str:
+        """Identity of the stack's first ``upto + 1`` stages on this trial's data: what they learn
+        depends on nothing else, so e.g. the masks of ``mask`` and ``coop+mask`` are learned once."""
+        from .cache import digest, weights_id
+
+        plugins = self.configs()[: upto + 1]
+        return digest({"dataset": self.dataset, "shots": self.shots, "seed": self.seed, "protocol": self.protocol,
+                       "weights": weights_id(self.model, self.pretrained, self.seed), "device": self.device,
+                       "stages": [[m.name, m.version, config_dict(c)] for m, c in plugins]})
 
     @property
     def trial_id(self) -> str:

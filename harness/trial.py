@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import random
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -12,6 +14,7 @@ import numpy as np
 import torch
 
 from . import __version__
+from .cache import FeatureCache, StageCache, module_fingerprint, weights_id
 from .classifier import ClipClassifier, ZeroShotHead
 from .context import TrialContext
 from .data.catalog import get_dataset, load_fewshot
@@ -47,7 +50,10 @@ def build_context(spec: TrialSpec, progress: Callable[[str], None] = lambda m: N
     size = size[0] if isinstance(size, (tuple, list)) else size
     norm = next(t for t in preprocess.transforms if type(t).__name__ == "Normalize")
     ctx = TrialContext(spec=spec, clf=None, tokenizer=tokenizer, data=data, device=device, image_size=int(size),
-                       mean=tuple(norm.mean), std=tuple(norm.std), progress=progress, short_classes=len(short))
+                       mean=tuple(norm.mean), std=tuple(norm.std), progress=progress, short_classes=len(short),
+                       encoder_id=weights_id(spec.model, spec.pretrained, spec.seed),
+                       cache=FeatureCache(spec.cache_dir) if spec.cache_dir else None,
+                       num_workers=min(8, (os.cpu_count() or 2) // 2) if device.type == "cuda" else 0)
     ctx.clf = ClipClassifier(model, ZeroShotHead(torch.zeros(1, 1), 1.0)).to(device)
     ctx.clf.head = ZeroShotHead(ctx.text_weights(), ctx.clf.logit_scale).to(device)
     return ctx
@@ -80,17 +86,20 @@ def run_trial(spec: TrialSpec, progress: Callable[[str], None] = lambda m: None,
         row["extras"]["classes_with_fewer_than_k"] = ctx.short_classes
     trainable = 0
     t0 = time.perf_counter()
-    for plugin, config in spec.configs():
-        progress(f"fitting {plugin.name}")
+    stages = StageCache(spec.cache_dir) if spec.cache_dir else None
+    for i, (plugin, config) in enumerate(spec.configs()):
         seed_everything(spec.seed)
-        out = dict(plugin(config).fit(ctx.clf, ctx) or {})
+        method = plugin(config)
+        # A stage is reused when it and every stage before it can be saved and restored.
+        stages = stages if stages is not None and plugin.reusable() else None
+        out = fit_stage(method, ctx, stages, spec.stage_key(i) if stages else None, progress)
         trainable += int(out.pop("trainable_params", 0))
         for key in list(out):
             if key in ROW_EXTRA_KEYS:
                 row[key] = out.pop(key)
         row["extras"].update({f"{plugin.name}.{k}": v for k, v in out.items()})
         if plugin.slot == Slot.ENCODER:
-            ctx.encoder_version += 1
+            ctx.encoder_id = module_fingerprint(ctx.clf.model.visual)
     fit_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
     val_top1, _ = evaluate(ctx, "val")
@@ -108,6 +117,32 @@ def run_trial(spec: TrialSpec, progress: Callable[[str], None] = lambda m: None,
     )
     row["extras"] = json.dumps(row["extras"], sort_keys=True, default=str)
     return row
+
+
+def fit_stage(method, ctx: TrialContext, stages: StageCache | None, key: str | None,
+              progress: Callable[[str], None]) -> dict[str, Any]:
+    """Fit one method of the stack, or restore it from the stage cache when this stage was learned before."""
+    if stages is None:
+        progress(f"fitting {method.name}")
+        return dict(method.fit(ctx.clf, ctx) or {})
+    with stages.claim(key) as folder:
+        if folder is not None:
+            progress(f"reusing {method.name} from stage {key}")
+            method.restore(ctx.clf, ctx, folder)
+            out = json.loads((folder / "row.json").read_text())
+            out["reused_stage"] = key
+            if ctx.artifact_dir is not None:  # keep the trial's artifacts self-contained
+                shutil.copytree(folder, ctx.artifact_dir / method.name, dirs_exist_ok=True)
+            return out
+        progress(f"fitting {method.name}")
+        out = dict(method.fit(ctx.clf, ctx) or {})
+
+        def fill(tmp: Path) -> None:
+            method.export(ctx.clf, tmp)
+            (tmp / "row.json").write_text(json.dumps(out, default=str))
+
+        stages.publish(key, fill)
+        return out
 
 
 def new_class_accuracy(ctx: TrialContext, base_top1: float) -> dict[str, float]:
