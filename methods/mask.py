@@ -76,12 +76,22 @@ def task_loss(logits, labels, scores: Mapping[str, torch.Tensor], reg_weight: fl
 def rmt_step(visual, head: Callable, scores: dict[str, torch.Tensor], opt: torch.optim.Optimizer,
              images: torch.Tensor, labels: torch.Tensor, *, threshold: float, reg_weight: float,
              gdr: bool, lam: float, temperature: float = 1.0, generator: torch.Generator | None = None,
-             autocast=contextlib.nullcontext) -> float:
-    """One R-AMT (``gdr``) or AMT step on ``scores``; returns the task loss."""
+             autocast=contextlib.nullcontext, teacher_eval: bool = True) -> float:
+    """One R-AMT (``gdr``) or AMT step on ``scores``; returns the task loss.
+
+    The teacher (the unmasked tower) runs under ``no_grad`` and, by default, in eval mode: CLIP ViTs have
+    no train/eval-dependent layers, and eval mode lets PyTorch use its fused inference attention
+    (~25 % faster; logits equal to ~1e-6). ``teacher_eval=False`` keeps the tower's current mode.
+    """
     params = list(scores.values())
     if gdr:
-        with torch.no_grad(), autocast():
-            teacher = head(visual(images)).float()
+        mode = visual.training
+        visual.train(mode and not teacher_eval)
+        try:
+            with torch.no_grad(), autocast():
+                teacher = head(visual(images)).float()
+        finally:
+            visual.train(mode)
     with autocast():
         logits = head(masked_forward(visual, scores, threshold, images)).float()
     loss = task_loss(logits, labels, scores, reg_weight)
