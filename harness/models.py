@@ -1,6 +1,7 @@
 """One factory for models: open_clip names and pretrained tags, plus bench's embedded ``tiny`` CLIP."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 from pathlib import Path
 
@@ -99,15 +100,27 @@ def load_model(model: str, pretrained: str | None, device: str = "cpu", cache_di
     import open_clip
 
     name, weights = _checked(model, pretrained)
-    try:
-        clip, _, preprocess = open_clip.create_model_and_transforms(
-            name, pretrained=weights, device=device, cache_dir=cache_dir)
-    except RuntimeError:
-        if weights and _is_tag(name, weights):
-            raise BenchError(_missing_weights(name, weights)) from None
-        raise
-    clip.eval().requires_grad_(False)
-    return clip, preprocess, open_clip.get_tokenizer(name)
+    key = (name, weights, device, cache_dir)
+    if weights is None or key not in _LOADED:  # random init depends on the seed: never memoised
+        try:
+            clip, _, preprocess = open_clip.create_model_and_transforms(
+                name, pretrained=weights, device=device, cache_dir=cache_dir)
+        except RuntimeError:
+            if weights and _is_tag(name, weights):
+                raise BenchError(_missing_weights(name, weights)) from None
+            raise
+        clip.eval().requires_grad_(False)
+        if weights is None:
+            return clip, preprocess, open_clip.get_tokenizer(name)
+        _LOADED.clear()  # one pristine model per process is enough
+        _LOADED[key] = (clip, preprocess)
+    clip, preprocess = _LOADED[key]
+    # Trials change their model (e.g. masks are baked into it): each gets its own copy of the pristine one.
+    return copy.deepcopy(clip), preprocess, open_clip.get_tokenizer(name)
+
+
+# A Ray worker runs many trials (actors are reused): the loaded model is kept between them.
+_LOADED: dict = {}
 
 
 def _is_tag(name: str, weights: str) -> bool:
