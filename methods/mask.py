@@ -27,14 +27,14 @@ head; 2. bake them into ``clf.model.visual`` in place, the masked encoder then f
 
 Recorded: ``mask_sparsity`` = % of the masked weights switched off (the paper's "2.56 %" denominator),
 ``mask_sparsity_encoder`` = % of all image-encoder parameters switched off, ``trainable_params`` = number
-of mask scores, ``masks_file`` = bit-packed masks (``mask.safetensors`` in ``ctx.artifact_dir``).
+of mask scores, ``masks_file`` = bit-packed masks (``<artifact_dir>/mask/mask.safetensors``).
 
 Reloading a tuned encoder::
 
     from bench.models import load_model
     from bench.methods.mask import apply_masks, load_masks
     model, preprocess, tokenizer = load_model("tiny", "bundled")           # the trial's model
-    apply_masks(model, load_masks("<artifact_dir>/mask.safetensors"))     # W <- W * M, in place
+    apply_masks(model, load_masks("<artifact_dir>/mask/mask.safetensors"))  # W <- W * M, in place
 """
 from __future__ import annotations
 
@@ -56,6 +56,7 @@ from ._masking import (apply_masks, binary_masks, gdr_gradient, load_masks, mask
 __all__ = ["MaskTuning", "apply_masks", "load_masks", "save_masks", "readme_lambda"]
 
 # README prose (rmt.md §9): lambda 0.3 at 16 shots except these three; 1.0 otherwise.
+MASKS_FILE = "mask.safetensors"
 _README_LAMBDA_ONE = {"imagenet", "sun397", "food101"}
 
 
@@ -143,6 +144,14 @@ class MaskTuning(Method):
     def defaults_for(cls, dataset: str, shots: int) -> dict:
         return {"lr": 3e-5, "epochs": 10} if dataset.lower() == "imagenet" else {}
 
+    # stage reuse: the masks learned for `mask` serve `coop+mask` etc. on the same data and seed
+    def export(self, clf, directory: Path) -> None:
+        save_masks(self.masks, Path(directory) / MASKS_FILE)
+
+    def restore(self, clf, ctx, directory: Path) -> None:
+        self.masks = load_masks(Path(directory) / MASKS_FILE)
+        apply_masks(clf.model.visual, self.masks)
+
     def fit(self, clf, ctx) -> dict:
         cfg = self.config
         if cfg.lambda_table not in ("", "readme"):
@@ -198,9 +207,10 @@ class MaskTuning(Method):
         masks = binary_masks(scores, cfg.threshold)
         off, off_encoder = sparsity(masks, visual)
         apply_masks(visual, masks)  # bake: the masked encoder is now frozen like the original
+        self.masks = masks
         masks_file = None
         if getattr(ctx, "artifact_dir", None) is not None:
-            masks_file = str(save_masks(masks, Path(ctx.artifact_dir) / "mask.safetensors"))
+            masks_file = str(save_masks(masks, Path(ctx.artifact_dir) / self.name / MASKS_FILE))
         return {"trainable_params": sum(s.numel() for s in scores.values()), "mask_sparsity": off,
                 "mask_sparsity_encoder": off_encoder, "masks_file": masks_file, "gdr_lambda": lam,
                 "steps": step, "train_loss": loss}

@@ -154,7 +154,7 @@ def test_learning_fixed_seed(ctx, tmp_path):
     c = fresh(ctx)
     c.artifact_dir = tmp_path
     out = MaskTuning(MaskTuning.make_config("fixture", 4, {"lr": "1e-3", "steps": "10"})).fit(c.clf, c)
-    c.encoder_version += 1
+    c.encoder_id = "masked"
     after, _ = evaluate(c, "test")
     assert 0 < out["mask_sparsity"] < 100 and 0 < out["mask_sparsity_encoder"] < out["mask_sparsity"]
     assert after > before, (before, after, out)
@@ -165,6 +165,14 @@ def test_learning_fixed_seed(ctx, tmp_path):
     for n, m in masks.items():
         assert torch.equal(params[n], orig[n] * m)
     assert sparsity(masks)[0] == pytest.approx(out["mask_sparsity"])
+    # stage reuse: export + restore rebuild the same encoder
+    method = MaskTuning(MaskTuning.make_config("fixture", 4))
+    method.masks = masks
+    method.export(None, tmp_path / "stage")
+    again = fresh(ctx)
+    method.restore(again.clf, again, tmp_path / "stage")
+    for n, p in again.clf.model.visual.named_parameters():
+        assert torch.equal(p, params[n])
 
 
 def test_fit_without_artifact_dir_saves_nothing(ctx):
