@@ -96,7 +96,7 @@ def save(model: torch.nn.Module, out: Path) -> None:
     state = {k: v.detach().to(torch.float16).contiguous().clone() for k, v in model.state_dict().items()}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
-    save_file(state, str(tmp), metadata={"format": "pt", "model": "tiny"})
+    save_file(state, str(tmp), metadata={"format": "pt"})  # one key: byte-identical files
     os.replace(tmp, out)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)", flush=True)
 
@@ -165,8 +165,8 @@ def _linear_probe(model, splits, shots, transform, test_x, test_y, fewshot_split
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=ASSETS / "tiny.safetensors", help="weights file to write")
-    ap.add_argument("--steps", type=int, default=240)
-    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--steps", type=int, default=160)
+    ap.add_argument("--batch", type=int, default=192)
     ap.add_argument("--lr", type=float, default=1.5e-3)
     ap.add_argument("--wd", type=float, default=0.1)
     ap.add_argument("--seed", type=int, default=0)
