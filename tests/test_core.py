@@ -103,7 +103,7 @@ def test_parse_helpers_give_one_line_errors():
 def test_plan_covers_the_grid_and_validates_up_front(tmp_path):
     suite = load_suite("synthetic")
     specs = plan_trials(suite, run="r", results=str(tmp_path), methods=["zeroshot"],
-                        datasets=["syn_colour", "syn_shape"], shots=[1, 4], seeds=[1, 2])
+                        datasets=["syn_colour", "syn_texture"], shots=[1, 4], seeds=[1, 2])
     assert len(specs) == 8 and len({s.trial_id for s in specs}) == 8
     with pytest.raises(BenchError, match="unknown dataset 'syn_colr'"):
         plan_trials(suite, run="r", results=str(tmp_path), datasets=["syn_colr"])

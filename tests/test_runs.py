@@ -19,6 +19,8 @@ from bench.results import RunFolder
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ["--pretrained", "none", "--no-report", "--cpus-per-trial", "1"]
+TWO = "syn_colour,syn_texture"
+FOUR = "syn_colour,syn_texture,syn_noisycolour,syn_novel"
 
 
 def bench(*args: str, results: Path, wait: bool = True, timeout: float = 300, env: dict | None = None):
@@ -48,7 +50,7 @@ def wait_for_rows(results: Path, run: str, n: int, proc, limit: float = 240) -> 
 
 
 def test_end_to_end_on_ray_then_rerun_writes_nothing(tmp_path):
-    args = ["run", "--run", "e2e", "--datasets", "syn_colour,syn_count", "--methods", "zeroshot,linear_probe",
+    args = ["run", "--run", "e2e", "--datasets", TWO, "--methods", "zeroshot,linear_probe",
             "--shots", "2", *BASE]
     code, _, err = bench(*args, results=tmp_path)
     assert code == 0, err
@@ -65,8 +67,9 @@ def test_end_to_end_on_ray_then_rerun_writes_nothing(tmp_path):
 
 @pytest.mark.parametrize("kill_after_rows", [0, 2])
 def test_kill_9_then_rerun_gives_every_trial_exactly_once(tmp_path, kill_after_rows):
-    args = ["run", "--run", "killed", "--methods", "zeroshot", "--seeds", "1,2", "--shots", "1", *BASE]
-    n_trials = 16  # 8 synthetic datasets x 2 seeds
+    args = ["run", "--run", "killed", "--methods", "zeroshot", "--datasets", FOUR, "--seeds", "1,2,3", "--shots", "1",
+            *BASE]
+    n_trials = 12
     proc = bench(*args, results=tmp_path, wait=False)
     if kill_after_rows:
         wait_for_rows(tmp_path, "killed", kill_after_rows, proc)
@@ -83,7 +86,8 @@ def test_kill_9_then_rerun_gives_every_trial_exactly_once(tmp_path, kill_after_r
 
 
 def test_ctrl_c_keeps_finished_trials_and_says_what_is_left(tmp_path):
-    args = ["run", "--run", "interrupted", "--methods", "zeroshot", "--seeds", "1,2,3", "--shots", "1", *BASE]
+    args = ["run", "--run", "interrupted", "--methods", "zeroshot", "--datasets", FOUR, "--seeds", "1,2,3",
+            "--shots", "1", *BASE]
     proc = bench(*args, results=tmp_path, wait=False)
     wait_for_rows(tmp_path, "interrupted", 1, proc)
     proc.send_signal(signal.SIGINT)
@@ -95,7 +99,7 @@ def test_ctrl_c_keeps_finished_trials_and_says_what_is_left(tmp_path):
 
 
 def test_a_second_process_on_the_same_run_is_refused(tmp_path):
-    args = ["run", "--run", "shared", "--methods", "zeroshot", "--seeds", "1,2", *BASE]
+    args = ["run", "--run", "shared", "--methods", "zeroshot", "--datasets", FOUR, "--seeds", "1,2", *BASE]
     first = bench(*args, results=tmp_path, wait=False)
     lock = tmp_path / "shared" / ".lock"
     start = time.time()
@@ -107,7 +111,7 @@ def test_a_second_process_on_the_same_run_is_refused(tmp_path):
     first.communicate(timeout=300)
     assert first.returncode == 0
     rows = rows_of(tmp_path, "shared")
-    assert len(rows) == 16 and rows.trial_id.is_unique
+    assert len(rows) == 8 and rows.trial_id.is_unique
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +124,7 @@ def misbehaving_plugins():
 
 
 def test_failing_and_dying_trials_become_error_rows_and_retry_runs_only_them(tmp_path, misbehaving_plugins):
-    args = ["run", "--run", "faults", "--methods", "zeroshot,boom,crash", "--datasets", "syn_colour,syn_count",
+    args = ["run", "--run", "faults", "--methods", "zeroshot,boom,crash", "--datasets", TWO,
             *BASE]
     code, _, err = bench(*args, results=tmp_path)
     assert code == 1 and "4 failed" in err, err
@@ -158,7 +162,7 @@ def test_joins_a_running_ray_cluster(tmp_path):
         code, _, err = 1, "", ""
         for _ in range(30):  # the head takes a few seconds to accept drivers
             code, _, err = bench("run", "--run", "cluster", "--address", f"127.0.0.1:{port}", "--methods",
-                                 "zeroshot", "--datasets", "syn_colour,syn_count", *BASE, results=tmp_path)
+                                 "zeroshot", "--datasets", TWO, *BASE, results=tmp_path)
             if "cannot join the Ray cluster" not in err:
                 break
             time.sleep(2)
