@@ -48,6 +48,12 @@ def test_render_draws_the_attributes():
                                      style=np.arange(2))
     red = (synthetic.render(styles, rng)[..., 0] > 200).sum(axis=(1, 2))
     assert red[1] < 0.7 * red[0]
+    # the warm light casts blue objects towards dark, grey-ish tones
+    blue = synthetic.COLOUR_NAMES.index("blue")
+    lights = synthetic.sample_scenes(rng, 2, colour=blue, shape=0, size=2, position=0, count=1, texture=0,
+                                     light=np.arange(2))
+    centre = synthetic.render(lights, rng)[:, 14:18, 14:18].reshape(2, -1, 3).mean(1)
+    assert centre[0, 2] > 200 and centre[1, 2] < 120
 
 
 def test_captions_name_attributes_and_never_the_novel_words():
@@ -56,7 +62,8 @@ def test_captions_name_attributes_and_never_the_novel_words():
     caps = synthetic.caption(scenes, rng)
     words = {w.strip(".") for c in caps for w in c.split()}
     assert set(synthetic.COLOUR_NAMES) <= words and set(synthetic.TEXTURES) <= words
-    assert {name for name in synthetic.SPECS["syn_novel"].classnames}.isdisjoint(words)
+    for name in ("syn_novel", "syn_noveltexture"):
+        assert set(synthetic.SPECS[name].classnames).isdisjoint(words)
     mentioned = [synthetic.SHAPES[s] in c or "object" in c or "shape" in c for s, c in zip(scenes.shape, caps)]
     assert all(mentioned)
 
@@ -74,10 +81,10 @@ def test_suite_shape():
 
 
 def test_materialize_layout_and_split_file(tmp_path):
-    folder = synthetic.materialize("syn_count", tmp_path)
-    spec = synthetic.SPECS["syn_count"]
-    assert folder == tmp_path / "syn_count"
-    assert spec.split_file == "split_zhou_SynCount.json"
+    folder = synthetic.materialize("syn_noveltexture", tmp_path)
+    spec = synthetic.SPECS["syn_noveltexture"]
+    assert folder == tmp_path / "syn_noveltexture"
+    assert spec.split_file == "split_zhou_SynNoveltexture.json"
     raw = json.loads((folder / spec.split_file).read_text())
     assert set(raw) == {"train", "val", "test"}
     for split, per_class in (("train", spec.train), ("val", spec.val), ("test", spec.test)):
@@ -88,7 +95,7 @@ def test_materialize_layout_and_split_file(tmp_path):
             assert spec.classnames[label] == classname and rel.startswith(classname + "/")
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
     # the harness's own loader reads it (data root holding the folder)
-    splits = get_dataset("syn_count").read(tmp_path)
+    splits = get_dataset("syn_noveltexture").read(tmp_path)
     assert splits.classnames == list(spec.classnames)
     assert len(splits.test) == spec.test * len(spec.classnames)
     from PIL import Image
@@ -114,10 +121,10 @@ def test_regeneration_is_byte_identical_and_cached(tmp_path):
 def test_default_root_follows_bench_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "cache"))
     assert synthetic.default_root() == tmp_path / "cache" / "synthetic"
-    folder = synthetic.materialize("syn_count")
-    assert folder == tmp_path / "cache" / "synthetic" / "syn_count"
+    folder = synthetic.materialize("syn_noveltexture")
+    assert folder == tmp_path / "cache" / "synthetic" / "syn_noveltexture"
     # with no data root, the catalog generates synthetic datasets into the cache
-    assert get_dataset("syn_count").locate(None) == folder
+    assert get_dataset("syn_noveltexture").locate(None) == folder
 
 
 def test_concurrent_materialize_keeps_one_complete_copy(tmp_path, monkeypatch):
@@ -132,9 +139,9 @@ def test_concurrent_materialize_keeps_one_complete_copy(tmp_path, monkeypatch):
             (other / "images" / "winner.txt").write_text("first")
 
     monkeypatch.setattr(synthetic, "_build", build_then_lose)
-    folder = synthetic.materialize("syn_count", tmp_path)
+    folder = synthetic.materialize("syn_noveltexture", tmp_path)
     assert (folder / "images" / "winner.txt").exists()  # the winner's copy is kept, ours discarded
-    assert [p.name for p in tmp_path.iterdir()] == ["syn_count"]
+    assert [p.name for p in tmp_path.iterdir()] == ["syn_noveltexture"]
 
 
 def test_unknown_dataset_is_a_key_error():

@@ -42,6 +42,7 @@ SIZES = ("small", "medium", "large")
 POSITIONS = ("center", "left", "right", "top", "bottom")
 COUNT_WORDS = ("one", "two", "three", "four")
 STYLES = ("filled", "outline")
+LIGHTS = {"neutral": ((1.0, 1.0, 1.0), 0.0), "warm": ((1.0, 0.7, 0.35), 0.08)}  # per-channel gain, offset
 
 _SIZE_RADIUS = (0.3, 0.45, 0.65)  # in units of half the image width
 _POSITION_XY = ((0.0, 0.0), (-0.45, 0.0), (0.45, 0.0), (0.0, -0.45), (0.0, 0.45))
@@ -61,6 +62,7 @@ class Scenes:
     count: np.ndarray  # 1..4
     style: np.ndarray  # index into STYLES
     noise: np.ndarray  # std of additive Gaussian pixel noise, in [0, 1] pixel units
+    light: np.ndarray  # index into LIGHTS: the illuminant's colour cast
 
     def __len__(self) -> int:
         return len(self.shape)
@@ -73,7 +75,7 @@ def sample_scenes(rng: np.random.Generator, n: int, **fixed) -> Scenes:
         shape=rng.integers(0, len(SHAPES), n), colour=rng.integers(0, len(COLOURS), n),
         texture=rng.integers(0, len(TEXTURES), n), size=rng.integers(0, len(SIZES), n),
         position=rng.integers(0, len(POSITIONS), n), count=count, style=np.zeros(n, dtype=np.int64),
-        noise=np.where(rng.random(n) < 0.3, rng.uniform(0.0, 0.06, n), 0.0),
+        noise=np.where(rng.random(n) < 0.3, rng.uniform(0.0, 0.06, n), 0.0), light=np.zeros(n, dtype=np.int64),
     )
     for key, value in fixed.items():
         attrs[key] = np.broadcast_to(np.asarray(value), (n,)).copy()
@@ -196,8 +198,11 @@ def render(scenes: Scenes, rng: np.random.Generator, size: int = IMAGE_SIZE) -> 
         cover[idx] |= inside
     img = np.where(cover[..., None], colour, img)
 
-    # box-filter down to the output size, then pixel noise
+    # box-filter down to the output size, then the illuminant and pixel noise
     img = img.reshape(n, size, _SUPERSAMPLE, size, _SUPERSAMPLE, 3).mean(axis=(2, 4))
+    gain = np.array([g for g, _ in LIGHTS.values()], dtype=np.float32)[scenes.light][:, None, None, :]
+    offset = np.array([o for _, o in LIGHTS.values()], dtype=np.float32)[scenes.light][:, None, None, None]
+    img = img * gain + offset
     noisy = scenes.noise > 0
     if noisy.any():
         img = img + rng.standard_normal(img.shape) * scenes.noise[:, None, None, None]
@@ -271,44 +276,31 @@ def _colour_scenes(noise: float = 0.0):
     return make
 
 
-def _shape_scenes(rng, labels):
-    n = len(labels)
-    return sample_scenes(rng, n, shape=labels, count=1, size=rng.integers(1, 3, n))
+def _texture_scenes(noise: float = 0.0):
+    def make(rng, labels):
+        return sample_scenes(rng, len(labels), texture=labels, count=1, size=0, noise=noise)
+    return make
 
 
-def _texture_scenes(rng, labels):
-    return sample_scenes(rng, len(labels), texture=labels, count=1, size=0)
+def _warm_scenes(rng, labels):
+    return sample_scenes(rng, len(labels), colour=labels, count=1, light=1)
 
 
-def _count_scenes(rng, labels):
-    return sample_scenes(rng, len(labels), count=labels + 1)
+_CT_COLOURS = ("red", "green", "blue", "yellow", "purple", "white")
 
 
-_SC_SHAPES = ("circle", "square", "triangle", "star", "cross", "heart")
-_SC_COLOURS = ("red", "green", "blue", "yellow", "orange", "purple", "pink", "cyan")
+def _colourtexture_scenes(rng, labels):
+    n, k = len(labels), len(TEXTURES)
+    colour = np.array([COLOUR_NAMES.index(_CT_COLOURS[c]) for c in labels // k])
+    return sample_scenes(rng, n, colour=colour, texture=labels % k, count=1, size=rng.integers(0, 2, n))
 
 
-def _shapecolour_scenes(rng, labels):
-    n = len(labels)
-    shape = np.array([SHAPES.index(_SC_SHAPES[k]) for k in labels // len(_SC_COLOURS)])
-    colour = np.array([COLOUR_NAMES.index(_SC_COLOURS[k]) for k in labels % len(_SC_COLOURS)])
-    return sample_scenes(rng, n, shape=shape, colour=colour, count=1, size=rng.integers(1, 3, n))
-
-
-_SKETCH_SHAPES = ("circle", "square", "triangle", "star", "cross", "heart", "diamond")
-
-
-def _sketch_scenes(rng, labels):
-    n = len(labels)
-    shape = np.array([SHAPES.index(_SKETCH_SHAPES[k]) for k in labels])
-    return sample_scenes(rng, n, shape=shape, count=1, size=2, style=1, texture=0,
-                         noise=rng.uniform(0.05, 0.1, n))
-
-
-# Made-up words that never occur in the pre-training captions, each naming a (shape, colour) pair.
+# Made-up words that never occur in the pre-training captions (see caption()): the image features know
+# the concept, the text encoder has never seen its name.
 _NOVEL = (("blicket", "circle", "red"), ("dax", "square", "blue"), ("wug", "triangle", "yellow"),
           ("fep", "star", "green"), ("toma", "cross", "purple"), ("zorp", "heart", "orange"),
           ("kiki", "diamond", "cyan"), ("gazzer", "ring", "pink"))
+_NOVEL_TEXTURES = ("mib", "tufa", "plonk", "vesh", "grolly", "snib", "quandle", "tepo")  # TEXTURES in order
 
 
 def _novel_scenes(rng, labels):
@@ -321,21 +313,22 @@ def _novel_scenes(rng, labels):
 SPECS: dict[str, SyntheticSpec] = {s.name: s for s in (
     SyntheticSpec("syn_colour", "synthetic: colour of the object (10 classes, coarse)", COLOUR_NAMES,
                   "a photo of a {} object.", _colour_scenes()),
-    SyntheticSpec("syn_shape", "synthetic: shape of the object (8 classes)", SHAPES,
-                  "a photo of a {}.", _shape_scenes, test=50),
     SyntheticSpec("syn_texture", "synthetic: background texture (8 classes)", TEXTURES,
-                  "a photo of an object on a {} background.", _texture_scenes, test=50),
-    SyntheticSpec("syn_count", "synthetic: number of objects, one to four (4 classes)", COUNT_WORDS,
-                  "a photo of {} shapes.", _count_scenes, train=32, test=50),
-    SyntheticSpec("syn_shapecolour", "synthetic: shape x colour (48 fine-grained classes)",
-                  tuple(f"{c}_{s}" for s in _SC_SHAPES for c in _SC_COLOURS),
-                  "a photo of a {}.", _shapecolour_scenes, train=20, val=6, test=20),
+                  "a photo of an object on a {} background.", _texture_scenes(), test=50),
+    SyntheticSpec("syn_colourtexture", "synthetic: object colour x background texture (48 fine-grained classes)",
+                  tuple(f"{c}_shape_on_a_{t}_background" for c in _CT_COLOURS for t in TEXTURES),
+                  "a photo of a {}.", _colourtexture_scenes, train=20, val=6, test=20),
     SyntheticSpec("syn_noisycolour", "synthetic, domain shift: colour under heavy pixel noise (10 classes)",
-                  COLOUR_NAMES, "a photo of a {} object.", _colour_scenes(noise=0.35)),
-    SyntheticSpec("syn_sketch", "synthetic, domain shift: shapes drawn as outlines (7 classes)", _SKETCH_SHAPES,
-                  "a photo of a {}.", _sketch_scenes, test=50),
+                  COLOUR_NAMES, "a photo of a {} object.", _colour_scenes(noise=0.45)),
+    SyntheticSpec("syn_noisytexture", "synthetic, domain shift: background texture under pixel noise (8 classes)",
+                  TEXTURES, "a photo of an object on a {} background.", _texture_scenes(noise=0.2), test=50),
+    SyntheticSpec("syn_warmlight", "synthetic, domain shift: colour under a warm colour cast never seen in "
+                  "pre-training (10 classes)", COLOUR_NAMES, "a photo of a {} object.", _warm_scenes),
     SyntheticSpec("syn_novel", "synthetic: shape-colour pairs under made-up names absent from pre-training "
                   "(8 classes)", tuple(name for name, _, _ in _NOVEL), "a photo of a {}.", _novel_scenes, test=50),
+    SyntheticSpec("syn_noveltexture", "synthetic: background textures under made-up names absent from "
+                  "pre-training (8 classes)", _NOVEL_TEXTURES, "a photo of an object on a {} background.",
+                  _texture_scenes(), test=50),
 )}
 
 for _spec in SPECS.values():
