@@ -9,16 +9,13 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from .errors import BenchError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Benchmark few-shot adaptation methods for CLIP models.")
-# Wide tables stay readable when piped to a file (rich would otherwise wrap at 80 columns).
-out = Console(width=None if sys.stdout.isatty() else 200)
-err = Console(stderr=True)
+from .console import err, out  # noqa: E402
 
 DEFAULT_RESULTS = os.environ.get("BENCH_RESULTS", "results")
 

@@ -8,15 +8,13 @@ from typing import Optional
 
 import typer
 from rich import box
-from rich.console import Console
 from rich.table import Table
 
 from .errors import BenchError
 
 data_app = typer.Typer(add_completion=False, no_args_is_help=True,
                        help="Datasets: check a data root, show few-shot splits, generate the synthetic suite.")
-_out = Console()
-_err = Console(stderr=True)
+from .console import err as _err, out as _out  # noqa: E402
 
 DATA_ROOT_HELP = "Folder holding the datasets in CoOp's layout (imagenet/, caltech-101/, ...)."
 
