@@ -199,6 +199,8 @@ class MaskTuning(Method):
                         sched.step()
                 if cfg.steps is None:
                     sched.step()
+                if (epoch + 1) % max(epochs // 10, 1) and epoch + 1 < epochs:
+                    continue  # about ten status lines per fit
                 off, _ = sparsity(binary_masks(scores, cfg.threshold))
                 ctx.progress(f"mask epoch {epoch + 1}/{epochs} step {step}/{total} loss {loss:.3f} off {off:.2f}%")
         finally:
