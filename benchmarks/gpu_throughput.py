@@ -1,0 +1,202 @@
+"""Images/s and achieved TFLOP/s of the ``mask`` plugin's training step (R-AMT) on a CUDA GPU.
+
+Drives the plugin's own step, ``bench.methods.mask.rmt_step`` (teacher forward under ``no_grad`` + one
+masked student forward + two ``autograd.grad`` calls + GDR + Adam), exactly as ``MaskTuning.fit`` calls it,
+on a randomly initialised ``ViT-B-16-quickgelu`` image tower at 224 px: batch 32 and 256, fp32 and bf16
+autocast (``mask.bf16=true``). Variants are timed in interleaved rounds after a warm-up; per-step medians.
+
+FLOPs: the forward FLOPs of one image are counted with ``torch.utils.flop_counter.FlopCounterMode``
+(2 per multiply-add; ViT-B/16 at 224 px: ~35 GFLOP, analytically 35.1). "Model" TFLOP/s counts 3x forward per trained image (student forward + backward)
+plus 1x forward for the teacher, i.e. 4x forward per image — the usual MFU-style convention. The step
+really runs two backward passes through the student (the KL gradient and the task gradient), so the
+executed work is larger; the "counted" column gives FlopCounterMode's count of one whole step.
+
+Run from the repository root on a machine with a GPU (takes ~1-2 minutes, must stay under 5):
+``python benchmarks/gpu_throughput.py [--batches 32,256] [--steps 6] [--warmup 2] [--tf32]``.
+On a machine without CUDA it prints ``gpu_throughput: no CUDA device, skipped`` and exits 0.
+Last line: ``gpu_throughput speedup: <bf16/fp32 images/s at batch 256>x``.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import sys
+import time
+
+import torch
+
+from bench.classifier import ZeroShotHead
+from bench.methods._masking import select_masked
+from bench.methods.mask import MaskTuning, rmt_step
+
+SKIP_LINE = "gpu_throughput: no CUDA device, skipped"
+
+
+def build_tower(model: str, device: str):
+    """A randomly initialised image tower (frozen, as the harness hands it to ``mask``) and its size."""
+    from bench.models import load_model
+
+    clip, _, _ = load_model(model, "none", device)
+    visual = clip.visual
+    size = visual.image_size
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    return visual, int(size), int(visual.output_dim)
+
+
+def forward_flops(visual, image_size: int, device: str) -> int:
+    """FLOPs (2 per multiply-add) of one image's forward through the tower."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.randn(1, 3, image_size, image_size, device=device)
+    mode = visual.training
+    visual.train()  # eval mode under no_grad takes MultiheadAttention's fused path, which the counter misses
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            visual(x)
+    finally:
+        visual.train(mode)
+    return int(counter.get_total_flops())
+
+
+class Variant:
+    """One (batch, precision) setting: its own mask scores and optimiser, as ``MaskTuning.fit`` builds them."""
+
+    def __init__(self, visual, head, batch: int, bf16: bool, image_size: int, n_classes: int, device: str,
+                 cfg=None):
+        cfg = cfg or MaskTuning.Config()
+        self.visual, self.head, self.batch, self.bf16, self.cfg = visual, head, batch, bf16, cfg
+        params = dict(visual.named_parameters())
+        names = select_masked(visual, cfg.mlp, cfg.layers, cfg.patch_embed)
+        self.scores = {n: torch.full_like(params[n], cfg.init, dtype=torch.float32, requires_grad=True)
+                       for n in names}
+        self.opt = torch.optim.Adam(self.scores.values(), lr=cfg.lr, weight_decay=0.0)
+        self.gen = torch.Generator(device=device).manual_seed(0)
+        self.images = torch.randn(batch, 3, image_size, image_size, device=device)
+        self.labels = torch.randint(0, n_classes, (batch,), device=device)
+        dev = torch.device(device).type
+        self.autocast = (lambda: torch.autocast(dev, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+        self.times: list[float] = []
+        self.error: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"batch {self.batch:>3} {'bf16' if self.bf16 else 'fp32'}"
+
+    def step(self) -> None:
+        cfg = self.cfg
+        rmt_step(self.visual, self.head, self.scores, self.opt, self.images, self.labels,
+                 threshold=cfg.threshold, reg_weight=cfg.reg_weight, gdr=cfg.gdr, lam=cfg.gdr_lambda,
+                 temperature=cfg.gdr_temperature, generator=self.gen, autocast=self.autocast)
+
+    def step_flops(self) -> int:
+        """FlopCounterMode's count of one whole step at this batch (both backward passes included)."""
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with FlopCounterMode(display=False) as counter:
+            self.step()
+        return int(counter.get_total_flops())
+
+    def release(self) -> None:
+        self.images = self.labels = self.scores = self.opt = None
+
+
+def _sync(device: str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure(model: str = "ViT-B-16-quickgelu", batches=(32, 256), precisions=("fp32", "bf16"),
+            steps: int = 6, warmup: int = 2, device: str = "cuda", n_classes: int = 100,
+            log=print) -> list[dict]:
+    """Time ``rmt_step`` for every (batch, precision); returns one dict per variant.
+
+    Keys: batch, precision, step_s (median), images_per_s, model_tflops (4x forward per image),
+    counted_tflops (FlopCounterMode count of the step), error (e.g. out of memory; then no numbers).
+    """
+    torch.manual_seed(0)
+    visual, size, dim = build_tower(model, device)
+    visual.train()  # as in MaskTuning.fit (the teacher forward switches to eval itself)
+    head = ZeroShotHead(torch.nn.functional.normalize(torch.randn(n_classes, dim), dim=-1), 100.0).to(device)
+    fwd = forward_flops(visual, size, device)
+    log(f"{model} (random init) {size}px: forward {fwd / 1e9:.2f} GFLOP/image, device {device}"
+        + (f" ({torch.cuda.get_device_name()})" if torch.device(device).type == "cuda" else ""))
+    variants = [Variant(visual, head, b, p == "bf16", size, n_classes, device)
+                for b in batches for p in precisions]
+    counted = {}
+    for v in variants:  # warm-up (kernels, autotuning, allocator), and the executed-FLOP count per step
+        try:
+            for _ in range(warmup):
+                v.step()
+            counted[v.label] = v.step_flops()
+            _sync(device)
+        except torch.cuda.OutOfMemoryError as err:  # pragma: no cover - GPU only
+            v.error, _ = f"out of memory ({str(err).splitlines()[0][:80]})", v.release()
+            torch.cuda.empty_cache()
+    for _ in range(steps):  # interleaved rounds: every variant once per round
+        for v in variants:
+            if v.error:
+                continue
+            _sync(device)
+            t0 = time.perf_counter()
+            v.step()
+            _sync(device)
+            v.times.append(time.perf_counter() - t0)
+    out = []
+    for v in variants:
+        row = {"batch": v.batch, "precision": "bf16" if v.bf16 else "fp32", "error": v.error}
+        if not v.error:
+            t = statistics.median(v.times)
+            row.update(step_s=t, images_per_s=v.batch / t, model_tflops=4 * fwd * v.batch / t / 1e12,
+                       counted_tflops=counted[v.label] / t / 1e12)
+        out.append(row)
+        v.release()
+    return out
+
+
+def print_table(rows: list[dict]) -> None:
+    print(f"{'batch':>5} {'precision':>9} {'step ms':>9} {'images/s':>10} {'model TFLOP/s':>14} "
+          f"{'counted TFLOP/s':>16}")
+    for r in rows:
+        if r["error"]:
+            print(f"{r['batch']:>5} {r['precision']:>9}   {r['error']}")
+        else:
+            print(f"{r['batch']:>5} {r['precision']:>9} {r['step_s'] * 1e3:9.1f} {r['images_per_s']:10.1f} "
+                  f"{r['model_tflops']:14.2f} {r['counted_tflops']:16.2f}")
+
+
+def speedup(rows: list[dict], batch: int = 256) -> float | None:
+    by = {(r["batch"], r["precision"]): r for r in rows if not r["error"]}
+    if (batch, "fp32") in by and (batch, "bf16") in by:
+        return by[(batch, "bf16")]["images_per_s"] / by[(batch, "fp32")]["images_per_s"]
+    return None
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="ViT-B-16-quickgelu")
+    ap.add_argument("--batches", default="32,256", help="comma list of batch sizes")
+    ap.add_argument("--steps", type=int, default=6, help="timed steps per variant (interleaved rounds)")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps per variant first")
+    ap.add_argument("--tf32", action="store_true", help="allow TF32 matmuls in the fp32 variants")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print(SKIP_LINE)
+        return 0
+    torch.backends.cuda.matmul.allow_tf32 = args.tf32
+    torch.backends.cudnn.allow_tf32 = args.tf32
+    batches = tuple(int(b) for b in args.batches.split(","))
+    t0 = time.perf_counter()
+    rows = measure(args.model, batches, steps=args.steps, warmup=args.warmup)
+    print_table(rows)
+    print(f"(fp32 matmuls {'with' if args.tf32 else 'without'} TF32; {time.perf_counter() - t0:.0f} s in all)")
+    ratio = speedup(rows, max(batches))
+    if ratio is None:
+        print(f"gpu_throughput: batch {max(batches)} did not run in both precisions", file=sys.stderr)
+        return 1
+    print(f"gpu_throughput speedup: {ratio:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
