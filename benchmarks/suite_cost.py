@@ -62,9 +62,50 @@ def bench_run(args: list[str], log=print) -> float:
     return wall
 
 
+def run_inprocess(args: list[str], log=print) -> float:
+    """The same trials as ``bench run ARGS``, run one after another in this process without Ray.
+
+    For tests: it exercises planning, the cache, stage reuse and the row comparison in seconds, but not
+    Ray's scheduling, so its wall times are not the benchmark's.
+    """
+    import torch
+
+    from bench.execute import execute_trial
+    from bench.plan import parse_int_list, parse_sets, plan_trials
+    from bench.results import RunFolder
+    from bench.suite import load_suite
+
+    opts, sets, flags = {}, [], set()
+    it = iter(args)
+    for a in it:
+        if a in ("--no-cache", "--no-report"):
+            flags.add(a)
+        elif a == "--set":
+            sets.append(next(it))
+        else:
+            opts[a] = next(it)
+    t0 = time.perf_counter()
+    specs = plan_trials(load_suite(opts["--suite"]), run=opts["--run"], results=opts["--results"],
+                        methods=opts["--methods"].split(","), datasets=opts["--datasets"].split(","),
+                        shots=parse_int_list(opts["--shots"], "shots"), seeds=parse_int_list(opts["--seeds"], "seeds"),
+                        sets=parse_sets(sets), cache_dir=None if "--no-cache" in flags else opts["--cache-dir"])
+    RunFolder(opts["--results"], opts["--run"]).ensure()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the Ray trainable does with --cpus-per-trial 1
+    try:
+        for spec in specs:
+            execute_trial(spec)
+    finally:
+        torch.set_num_threads(threads)
+    return time.perf_counter() - t0
+
+
 def measure(datasets: list[str], stacks: list[str], shots: str = "16", seeds: str = "1", sets: list[str] = (),
-            workdir: str | Path | None = None, suite: str = "synthetic", log=print) -> dict:
+            workdir: str | Path | None = None, suite: str = "synthetic", log=print, runner=bench_run) -> dict:
     """Run the suite both ways, alternating per dataset; return walls, rows and the per-trial comparison.
+
+    ``runner`` runs one ``bench run`` argument list and returns its wall time: ``bench_run`` (the real
+    command, the benchmark) or ``run_inprocess`` (no Ray; for the tests).
 
     Returns ``{"wall": {"cached": s, "uncached": s}, "rows": {variant: DataFrame}, "results":
     {variant: folder}, "speedup": uncached / cached}``. Raises AssertionError if any trial's top1 differs.
@@ -85,7 +126,7 @@ def measure(datasets: list[str], stacks: list[str], shots: str = "16", seeds: st
     for i, dataset in enumerate(datasets):
         order = ("cached", "uncached") if i % 2 == 0 else ("uncached", "cached")
         for variant in order:
-            w = bench_run([*common, "--datasets", dataset, "--results", str(results[variant]), *flags[variant]])
+            w = runner([*common, "--datasets", dataset, "--results", str(results[variant]), *flags[variant]])
             wall[variant] += w
             log(f"  {dataset:<16} {variant:<9} {w:7.1f} s", flush=True)
     rows = {v: pd.read_parquet(results[v] / RUN / "trials") for v in results}
