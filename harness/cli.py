@@ -120,17 +120,13 @@ def _run_locked(folder, specs, suite, *, retry_failed, address, cpus_per_trial, 
 
 
 def _print_report(rows, shots, fmt: Format, std: bool, compare: Optional[str] = None) -> None:
-    from .report import accuracy_tables, gain_rows, metrics_of, render, rich_table, text_rows
+    from .report import accuracy_tables, gain_rows, metrics_of, text_rows
 
     for metric, caption in metrics_of(rows):
         for k, (mean, sd) in accuracy_tables(rows, shots, metric).items():
             title = f"{k}-shot {caption}, mean over seeds"
             header, body, gain = text_rows(mean, sd if std else None, gain_rows(mean))
-            if fmt == Format.table:
-                out.print(rich_table(title, header, body, gain))
-            else:
-                out.print(render(title, header, body, gain, fmt.value), end="", markup=False, highlight=False,
-                          soft_wrap=True)
+            _emit(title, header, body, gain, fmt)
             if compare and metric == "top1":
                 _print_comparison(rows, mean, k, fmt)
 
@@ -156,10 +152,17 @@ def _print_comparison(rows, mean, shots: int, fmt: Format) -> None:
     header = ["method", *(f"{d} {part}" for d in has_paper for part in ("ours", "paper", "diff"))]
     body = [[stack, *(_number(table.at[stack, (d, part)], signed=part == "diff")
                       for d in has_paper for part in ("ours", "paper", "diff"))] for stack in table.index]
+    _emit(title, header, body, [], fmt)
+
+
+def _emit(title: str, header: list, body: list, gain: list, fmt: Format) -> None:
     from .report import render, rich_table
 
-    out.print(rich_table(title, header, body, []) if fmt == Format.table
-              else render(title, header, body, [], fmt.value), markup=False)
+    if fmt == Format.table:
+        out.print(rich_table(title, header, body, gain))
+    else:
+        out.print(render(title, header, body, gain, fmt.value), end="", markup=False, highlight=False,
+                  soft_wrap=True)
 
 
 @app.command()

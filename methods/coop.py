@@ -168,6 +168,7 @@ class PromptHead(nn.Module):
         self.register_buffer("token_suffix", tokens[:, 1 + n_ctx:].clone())
         self.name_lens = [token_count(tokenizer, name) for name in names]
         self.length = ids.shape[1]
+        self._rebuild = (model, tokenizer, cfg, dtype)  # a tuple: not registered as a submodule
         if cfg.truncate and self.tower.pool_type in ("argmax", "eos"):
             self.length = int(self.tower.pool_positions(ids).max()) + 1
         self._cache: tuple | None = None
@@ -201,6 +202,17 @@ class PromptHead(nn.Module):
         if self._cache is None or self._cache[0] != key:  # evaluation: the context is fixed, compute once
             self._cache = (key, self.tower(self.prompts(), self.ids[:, :self.length]))
         return self._cache[1]
+
+    def for_classes(self, classnames: list[str], ctx) -> "PromptHead":
+        """The learned context with other class names (base-to-new evaluation)."""
+        if self.ctx.dim() == 3:
+            raise BenchError("coop with csc=true learns one context per class and cannot name new classes; "
+                             "use coop.csc=false for base-to-new")
+        model, tokenizer, cfg, dtype = self._rebuild
+        head = PromptHead(model, tokenizer, classnames, cfg, torch.Generator(), dtype)
+        with torch.no_grad():
+            head.ctx.copy_(self.ctx)
+        return head
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         text = F.normalize(self.text_features(), dim=-1)
