@@ -23,7 +23,8 @@ instead (the evaluated head is not the encoder slot's to change, so it stays as 
 
 Stacks (``X+mask``), sequential recipe (rmt.md §14): 1. learn the masks as above on the zero-shot
 head; 2. bake them into ``clf.model.visual`` in place, the masked encoder then frozen like the original;
-3. the harness bumps ``ctx.encoder_version`` and fits X, unchanged, on the masked encoder.
+3. the harness records the new encoder state (``ctx.encoder_id``) and fits X, unchanged, on the masked
+encoder. The learned stage is reused by every stack with the same data, seed and mask settings.
 
 Recorded: ``mask_sparsity`` = % of the masked weights switched off (the paper's "2.56 %" denominator),
 ``mask_sparsity_encoder`` = % of all image-encoder parameters switched off, ``trainable_params`` = number
