@@ -13,8 +13,8 @@ To share the machine's load fairly the two variants alternate, one ``bench run``
 never carries from one dataset to another, so splitting by dataset changes nothing for it); the order
 flips every dataset. The accuracies must be IDENTICAL: the script asserts the same ``top1`` per trial id.
 
-Training is shortened by default to a tenth of every iterative method's epochs (``--epochs-fraction``;
-``1`` keeps the plugins' defaults), which keeps the methods' relative costs as in the full suite.
+Training uses the suite file's own CPU-fast settings (its ``[set.*]`` tables); ``--epochs-fraction 0.1``
+instead sets every iterative method's epochs to a tenth of the plugin's default.
 Run from the repository root (about 10-15 minutes on 2 cores with the defaults):
 ``python benchmarks/suite_cost.py [--datasets syn_colour,syn_texture] [--shots 16] [--seeds 1]``.
 Last line: ``suite_cost speedup: <uncached wall / cached wall>x``.
@@ -176,8 +176,9 @@ def main(argv=None) -> int:
     ap.add_argument("--shots", default="16")
     ap.add_argument("--seeds", default="1")
     ap.add_argument("--methods", default=None, help="comma list of stacks (default: the suite's + PAPER_STACKS)")
-    ap.add_argument("--epochs-fraction", type=float, default=0.1,
-                    help="scale every iterative method's default epochs (1: the plugins' defaults)")
+    ap.add_argument("--epochs-fraction", type=float, default=1.0,
+                    help="below 1: set every iterative method's epochs to this fraction of the plugin default "
+                         "(default 1: the suite file's own CPU-fast settings)")
     ap.add_argument("--set", dest="sets", action="append", default=[], help="extra METHOD.KEY=VALUE")
     ap.add_argument("--workdir", default=None, help="keep results and cache here (default: a temporary folder)")
     args = ap.parse_args(argv)
