@@ -39,49 +39,21 @@ def _trainable(config: dict[str, Any]) -> None:
     tune.report({"ok": row["status"] == "ok", "top1": row.get("top1") or float("nan")})
 
 
-def _progress_callback_base():
-    from ray import tune
-
-    return tune.Callback
-
-
-class _ProgressCallback(_progress_callback_base()):
-    """Advances the rich progress bar; records trials whose worker died without writing a row."""
-
-    def __init__(self, bar, task, folder: RunFolder, counts: dict[str, int]):
-        self.bar, self.task, self.folder, self.counts = bar, task, folder, counts
-
-    def __getstate__(self):  # Tune pickles its callbacks with the experiment state; ours are driver-only
-        return {}
-
-    def _advance(self, outcome: str) -> None:
-        self.counts[outcome] += 1
-        self.bar.update(self.task, advance=1, failed=self.counts["error"] + self.counts["lost"])
-
-    def on_trial_result(self, iteration, trials, trial, result, **info):
-        self._advance("ok" if result.get("ok") else "error")
-
-    def on_trial_error(self, iteration, trials, trial, **info):
-        spec = TrialSpec.from_dict(trial.config["spec"])
-        if spec.trial_id not in self.folder.done_ids():
-            from .execute import error_row
-
-            self.folder.write_row(error_row(spec, "trial process died (killed or out of memory); "
-                                                  "rerun with --retry-failed"))
-        self._advance("lost")
+def _prepare_env(address: str | None) -> None:
+    """Environment for Ray; it must be set before ray is first imported, which reads it."""
+    for key, value in _QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    # `ray start` turns token authentication on; a driver joining it must present the token too.
+    if address and "RAY_AUTH_MODE" not in os.environ and (Path.home() / ".ray" / "auth_token").is_file():
+        os.environ["RAY_AUTH_MODE"] = "token"
 
 
 def _init_ray(address: str | None, num_cpus: float | None) -> None:
     import ray
 
-    for key, value in _QUIET_ENV.items():
-        os.environ.setdefault(key, value)
     if ray.is_initialized():
         return
     if address:
-        # `ray start` turns token authentication on; a driver must then present the token too.
-        if "RAY_AUTH_MODE" not in os.environ and (Path.home() / ".ray" / "auth_token").is_file():
-            os.environ["RAY_AUTH_MODE"] = "token"
         try:
             ray.init(address=address, log_to_driver=False, logging_level="ERROR")
         except Exception as err:
@@ -97,6 +69,7 @@ def run_with_ray(specs: list[TrialSpec], *, address: str | None = None, cpus_per
                  gpus_per_trial: float = 0.0, max_concurrent: int | None = None,
                  console: Console | None = None) -> dict[str, int]:
     """Run ``specs`` (already filtered to what is left to do). Returns counts of ok/error/lost trials."""
+    _prepare_env(address)
     from ray import tune
 
     console = console or Console(stderr=True)
@@ -112,7 +85,9 @@ def run_with_ray(specs: list[TrialSpec], *, address: str | None = None, cpus_per
                   TimeRemainingColumn(), console=console, transient=False) as bar:
         task = bar.add_task(f"run {folder.run}", total=len(specs), failed=0)
 
-        callback = _ProgressCallback(bar, task, folder, counts)
+        from .tune_progress import ProgressCallback
+
+        callback = ProgressCallback(bar, task, folder, counts)
         storage = Path(folder.root) / "tune" if folder.is_local else Path.home() / "ray_results" / "bench"
         fn = tune.with_resources(_trainable, {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
         tuner = tune.Tuner(

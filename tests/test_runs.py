@@ -160,7 +160,8 @@ def test_joins_a_running_ray_cluster(tmp_path):
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         code, _, err = 1, "", ""
-        for _ in range(30):  # the head takes a few seconds to accept drivers
+        deadline = time.time() + 90
+        while time.time() < deadline:  # the head takes a few seconds to accept drivers
             code, _, err = bench("run", "--run", "cluster", "--address", f"127.0.0.1:{port}", "--methods",
                                  "zeroshot", "--datasets", TWO, *BASE, results=tmp_path)
             if "cannot join the Ray cluster" not in err:
