@@ -74,6 +74,11 @@ def test_report_plot_writes_a_png(run_dir, tmp_path, capsys):
     (["run", "--device", "tpu"], "--device must be cpu or cuda"),
     (["run", "--run", "../x"], "bad run name"),
     (["report", "--run", "missing"], "no run 'missing'"),
+    (["run", "--model", "ViT-B-16", "--pretrained", "openai"], "not in the local cache and downloading is off"),
+    (["run", "--pretrained", "/no/such/weights.pt"], "neither a pretrained tag of tiny nor a file"),
+    (["run", "--suite", "fewshot11", "--model", "tiny", "--pretrained", "bundled", "--data-root", "/no/such/dir"],
+     "--data-root /no/such/dir does not exist"),
+    (["run", "--suite", "fewshot11", "--model", "tiny", "--pretrained", "bundled"], "needs --data-root"),
 ])
 def test_user_mistakes_print_one_line_and_exit_2(argv, fragment, tmp_path, capsys):
     results = ["--results", str(tmp_path)]
