@@ -60,14 +60,16 @@ def build_context(spec: TrialSpec, progress: Callable[[str], None] = lambda m: N
 
 
 @torch.no_grad()
-def evaluate(ctx: TrialContext, split: str) -> tuple[float, int]:
-    """Top-1 accuracy (percent) of the current classifier on a split, and the split's size."""
+def evaluate(ctx: TrialContext, split: str, select: Callable = lambda logits: logits) -> tuple[float, int]:
+    """Top-1 accuracy (percent) of the current classifier on a split, and the split's size.
+
+    ``select`` picks the logit columns that are scored (e.g. a shifted dataset's own classes)."""
     if not ctx.split(split):
         return float("nan"), 0
     ctx.clf.eval()
     feats = ctx.features(split)[0]
     labels = ctx.labels(split)
-    correct = sum(int((ctx.clf.logits_from_features(f).argmax(-1) == y).sum())
+    correct = sum(int((select(ctx.clf.logits_from_features(f)).argmax(-1) == y).sum())
                   for f, y in zip(feats.split(500), labels.split(500)))
     return 100.0 * correct / len(labels), len(labels)
 
@@ -166,11 +168,7 @@ def shift_accuracies(ctx: TrialContext, spec: TrialSpec) -> dict[str, float]:
         data = get_dataset(target).read(spec.data_root)
         mapping = shift_label_map(source, data)
         ctx.switch_data(data)
-        feats, labels = ctx.features("test")[0], ctx.labels("test")
-        with torch.no_grad():
-            correct = sum(int((mapping.select(ctx.clf.logits_from_features(f)).argmax(-1) == y).sum())
-                          for f, y in zip(feats.split(500), labels.split(500)))
-        out[f"top1.{target}"] = 100.0 * correct / max(1, len(labels))
+        out[f"top1.{target}"], _ = evaluate(ctx, "test", mapping.select)
     ctx.switch_data(source)
     return out
 
