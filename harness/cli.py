@@ -82,11 +82,20 @@ def run(
         _run_locked(folder, specs, spec_suite, retry_failed=retry_failed, address=address,
                     cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, max_concurrent=max_concurrent)
     ids = {s.trial_id for s in specs}
-    rows = folder.read()
-    rows = rows[rows.trial_id.isin(ids)]
+    every = folder.read()
+    rows = every[every.trial_id.isin(ids)]
     n_ok, n_failed = int((rows.status == "ok").sum()), int((rows.status != "ok").sum())
     if report_after and n_ok:
         _print_report(rows, None, Format.table, std=False)
+    others = every[~every["trial_id"].isin(ids) & every["dataset"].isin({s.dataset for s in specs})
+                   & every["stack"].isin({s.stack for s in specs})]
+    if len(others):
+        current = {s.dataset: s.dataset_fingerprint for s in specs}
+        stale = int((others["dataset_fingerprint"].fillna("") != others["dataset"].map(current)).sum())
+        err.print(f"left out of this table: {len(others)} earlier rows of run '{run_name}' for these datasets and "
+                  f"stacks but other trials ({stale} made on another version of the data, {len(others) - stale} "
+                  "with other settings, shots, seeds, weights or method versions); `bench report` shows them",
+                  highlight=False, soft_wrap=True)
     short = rows.extras.fillna("").str.contains("classes_with_fewer_than_k")
     if short.any():
         err.print(f"warning: {int(short.sum())} trials had classes with fewer than K train images; "
@@ -120,8 +129,13 @@ def _run_locked(folder, specs, suite, *, retry_failed, address, cpus_per_trial, 
 
 
 def _print_report(rows, shots, fmt: Format, std: bool, compare: Optional[str] = None) -> None:
-    from .report import accuracy_tables, gain_rows, metrics_of, text_rows
+    from .report import accuracy_tables, gain_rows, metrics_of, table_rows, text_rows
 
+    rows, note = table_rows(rows)
+    if note:
+        err.print(f"note: {note}", highlight=False, soft_wrap=True)
+    if rows.empty:
+        raise BenchError("no rows left to report after setting aside rows made on other data")
     for metric, caption in metrics_of(rows):
         for k, (mean, sd) in accuracy_tables(rows, shots, metric).items():
             title = f"{k}-shot {caption}, mean over seeds"

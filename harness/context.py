@@ -134,7 +134,7 @@ class TrialContext:
         files, transform and (for augmented views) seed.
         """
         augmented = transform is not None
-        what = {"encoder": self.encoder_id, "items": self._items_id(split),
+        what = {"encoder": self.encoder_id, "data": self.spec.dataset_fingerprint, "items": self._items_id(split),
                 "transform": repr(transform) if augmented else ("test", self.image_size, self.mean, self.std),
                 "views": views, "seed": (self.spec.seed, stream) if augmented else None,
                 "device": self.device.type}

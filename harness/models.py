@@ -49,6 +49,17 @@ def resolve(model: str, pretrained: str | None) -> tuple[str, str | None]:
     return model, pretrained
 
 
+def default_pretrained(model: str) -> str | None:
+    """A model's own default weights: bench's table, else OpenAI's when open_clip has them, else its first tag."""
+    import open_clip
+
+    if model in MODELS:
+        return MODELS[model].default_pretrained
+    register_tiny()
+    tags = open_clip.list_pretrained_tags_by_model(model) if model in open_clip.list_models() else []
+    return "openai" if "openai" in tags else (tags[0] if tags else None)
+
+
 def _checked(model: str, pretrained: str | None) -> tuple[str, str | None]:
     """Resolve (model, pretrained) and check the name and, for a path, that the file exists."""
     import open_clip
@@ -58,6 +69,10 @@ def _checked(model: str, pretrained: str | None) -> tuple[str, str | None]:
     if name not in open_clip.list_models():
         from .registry import suggest
 
+        if model in open_clip.list_models():  # e.g. 'openai' asks for a QuickGELU variant the model lacks
+            tags = ", ".join(open_clip.list_pretrained_tags_by_model(model)) or "none"
+            raise BenchError(f"model '{model}' has no '{pretrained}' weights (no {name} config); pass --pretrained "
+                             f"with one of its tags ({tags}), a checkpoint path, or none")
         raise BenchError(f"unknown model '{model}'{suggest(model, open_clip.list_models())}; see `bench list models`")
     if weights in (None, "none", "random"):
         return name, None

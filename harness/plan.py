@@ -1,13 +1,16 @@
 """Turn a suite plus command-line choices into validated TrialSpecs, before anything runs."""
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from pathlib import Path
 from typing import Any
 
 from .data.catalog import get_dataset
 from .errors import BenchError
-from .registry import get_method, parse_stack
+from .fingerprint import dataset_fingerprint, fingerprinted
+from .protocols import get_protocol
+from .registry import canonical_stack, get_method, parse_stack
 from .results import check_run_name
 from .spec import TrialSpec
 from .suite import Suite
@@ -59,9 +62,10 @@ def plan_trials(suite: Suite, *, run: str, results: str, methods: list[str] | No
                 data_root: str | None = None, device: str | None = None,
                 sets: dict[str, dict[str, Any]] | None = None, cache_dir: str | None = None) -> list[TrialSpec]:
     check_run_name(run)
-    stacks = [s.strip() for s in (methods or suite.methods)]
+    protocol = get_protocol(suite.protocol)
+    stacks = list(dict.fromkeys(canonical_stack(s) for s in (methods or suite.methods)))
     for stack in stacks:
-        parse_stack(stack)
+        protocol.check_stack(stack, parse_stack(stack))
     datasets = datasets or suite.datasets
     for name in [*datasets, *suite.shift_targets]:
         check_data(get_dataset(name), data_root)
@@ -78,7 +82,21 @@ def plan_trials(suite: Suite, *, run: str, results: str, methods: list[str] | No
             raise BenchError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
     from .models import preflight
 
-    preflight(model or suite.model, pretrained or suite.pretrained)
+    model, pretrained = choose_weights(suite, model, pretrained)
+    preflight(model, pretrained)
+    reads: dict[str, Any] = {}
+    versions: dict[str, Any] = {}
+
+    def read(name: str):
+        if name not in reads:
+            reads[name] = get_dataset(name).read(data_root)
+        return reads[name]
+
+    def version(name: str, full, targets):
+        if name not in versions:
+            versions[name] = dataset_fingerprint(full, targets)
+        return versions[name]
+
     specs = []
     for dataset, k, seed, stack in itertools.product(datasets, shots, seeds or suite.seeds, stacks):
         overrides = suite.overrides_for(dataset)
@@ -86,11 +104,22 @@ def plan_trials(suite: Suite, *, run: str, results: str, methods: list[str] | No
             overrides.setdefault(method, {}).update(values)
         in_stack = set(stack.split("+"))
         spec = TrialSpec(run=run, suite=suite.name, dataset=dataset, shots=k, seed=seed, stack=stack,
-                         model=model or suite.model, pretrained=pretrained or suite.pretrained,
+                         model=model, pretrained=pretrained,
                          overrides={m: v for m, v in overrides.items() if m in in_stack},
                          data_root=data_root, device=device, results=str(results), cache_dir=cache_dir,
                          protocol=suite.protocol,
                          shift_targets=tuple(suite.shift_targets))
         spec.configs()  # validates every --set key and value now, not inside a worker
-        specs.append(spec)
+        specs.append(fingerprinted(spec, read, cache_dir, version))
     return specs
+
+
+def choose_weights(suite: Suite, model: str | None, pretrained: str | None) -> tuple[str, str | None]:
+    """--model without --pretrained takes that model's own default weights, not the suite's."""
+    if model is None:
+        return suite.model, pretrained or suite.pretrained
+    if pretrained is None:
+        from .models import default_pretrained
+
+        pretrained = default_pretrained(model)
+    return model, pretrained

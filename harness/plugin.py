@@ -26,6 +26,30 @@ class Slot(enum.IntEnum):
     LOGIT_TERM = 3  # an extra term added to the logits (e.g. Tip-Adapter's cache)
 
 
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """A numeric setting's bounds, declared on a Config field: ``epochs: Annotated[int, Range(min=1)]``."""
+
+    min: float | None = None
+    max: float | None = None
+    min_exclusive: bool = False  # ``min`` itself not allowed (e.g. a learning rate > 0)
+
+    def check(self, name: str, value) -> None:
+        low_ok = self.min is None or (value > self.min if self.min_exclusive else value >= self.min)
+        if not (low_ok and (self.max is None or value <= self.max)):
+            raise BenchError(f"bad value {value!r} for '{name}': must be {self}")
+
+    def __str__(self) -> str:
+        parts = [f"{'>' if self.min_exclusive else '>='} {self.min:g}"] if self.min is not None else []
+        parts += [f"<= {self.max:g}"] if self.max is not None else []
+        return " and ".join(parts)
+
+
+Positive = Range(min=0, min_exclusive=True)
+AtLeastOne = Range(min=1)
+NonNegative = Range(min=0)
+
+
 @dataclasses.dataclass
 class NoConfig:
     """Hyper-parameters of a method that has none."""
@@ -40,6 +64,11 @@ class Method:
     Config: ClassVar[type] = NoConfig
     version: ClassVar[str] = "1"  # bump when a change alters results: it is part of the trial id
     trains: ClassVar[str] = ""  # one line: what is trained and how (shown by `bench list methods`)
+    transfers_to_new_classes: ClassVar[bool] = True  # can be rebuilt for unseen class names (base-to-new)
+    # How reports line the method up (the engine names no method):
+    reference: ClassVar[bool] = False  # a reference row (zero-shot, linear probe): listed first
+    gain_baseline: ClassVar[bool] = False  # every other stack gets an "S vs <this>" gain row
+    stacked_gain: ClassVar[bool] = False  # stacks that add this method get an "X+<this> vs X" gain row
 
     def __init__(self, config: Any):
         self.config = config
@@ -58,8 +87,11 @@ class Method:
             if key not in fields:
                 known = ", ".join(sorted(fields)) or "none"
                 raise BenchError(f"unknown setting '{cls.name}.{key}'; {cls.name} accepts: {known}")
-        hints = typing.get_type_hints(cls.Config)
-        return cls.Config(**{k: coerce(f"{cls.name}.{k}", v, hints[k]) for k, v in values.items()})
+        hints = typing.get_type_hints(cls.Config, include_extras=True)
+        try:
+            return cls.Config(**{k: coerce(f"{cls.name}.{k}", v, hints[k]) for k, v in values.items()})
+        except ValueError as err:  # a Config's __post_init__ checks settings that depend on each other
+            raise BenchError(f"bad settings for {cls.name}: {err}") from None
 
     # -- reuse across trials (optional) ---------------------------------------------------------
     def export(self, clf, directory: Path) -> None:
@@ -100,8 +132,26 @@ _FALSE = {"false", "0", "no", "off"}
 
 
 def coerce(name: str, value: Any, hint: Any) -> Any:
-    """Convert ``value`` (often a string from ``--set``) to the field's type, or fail in one line."""
+    """Convert ``value`` (often a string from ``--set``) to the field's type, or fail in one line.
+
+    Understands bool/int/float/str, Optional, tuples and lists, ``Literal`` choices and ``Annotated``
+    bounds (:class:`Range`)."""
     origin = typing.get_origin(hint)
+    if origin is typing.Annotated:
+        base, *marks = typing.get_args(hint)
+        out = coerce(name, value, base)
+        for mark in marks:
+            if isinstance(mark, Range) and out is not None:
+                for item in (out if isinstance(out, (tuple, list)) else [out]):
+                    mark.check(name, item)
+        return out
+    if origin is typing.Literal:
+        choices = typing.get_args(hint)
+        for choice in choices:
+            if value == choice or (isinstance(value, str) and str(choice) == value.strip()):
+                return choice
+        raise BenchError(f"bad value {value!r} for '{name}': choose one of "
+                         + ", ".join(repr(c) for c in choices))
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     if value is None and type(None) in typing.get_args(hint):
         return None

@@ -8,7 +8,7 @@ from importlib.metadata import entry_points
 from typing import Iterable
 
 from .errors import BenchError
-from .plugin import Method
+from .plugin import Method, Slot
 
 GROUP = "bench.methods"
 _STACK_PART = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -77,4 +77,11 @@ def parse_stack(stack: str) -> list[type[Method]]:
         ref = next(p.name for p in plugins if p.slot is None)
         raise BenchError(f"'{ref}' is a reference row and cannot be stacked; run it on its own")
     return sorted(plugins, key=lambda p: p.slot)  # stable: pipeline order, encoder first
+
+
+def canonical_stack(stack: str) -> str:
+    """The one spelling of a stack that rows carry: pipeline order, an encoder method last
+    (``mask+tip_adapter_f`` -> ``tip_adapter_f+mask``, as the papers write "X+R-AMT")."""
+    plugins = parse_stack(stack)
+    return "+".join(p.name for p in sorted(plugins, key=lambda p: (p.slot == Slot.ENCODER, p.slot or 0)))
 

@@ -2,6 +2,8 @@
 and few-shot curves."""
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 from pathlib import Path
 
@@ -9,9 +11,6 @@ import pandas as pd
 
 from .errors import BenchError
 from .results import RunFolder, list_runs
-
-MASK = "mask"
-
 
 def load_rows(results: str, run: str) -> pd.DataFrame:
     folder = RunFolder(results, run)
@@ -22,26 +21,136 @@ def load_rows(results: str, run: str) -> pd.DataFrame:
     rows = folder.read()
     if rows.empty:
         raise BenchError(f"run '{run}' has no rows yet; run `bench run --run {run}` first")
-    return expand_shift(rows)
+    return rows
 
 
 def expand_shift(rows: pd.DataFrame) -> pd.DataFrame:
     """Domain-shift rows carry the target datasets' accuracies in ``extras``: one table column each."""
-    import json
-
     extra = []
-    for row in rows[(rows["protocol"] == "shift") & (rows["status"] == "ok")].itertuples(index=False):
-        for key, value in json.loads(row.extras or "{}").items():
+    for row in rows[rows["protocol"] == "shift"].itertuples(index=False):
+        for key, value in json.loads(row.extras if isinstance(row.extras, str) else "{}").items():
             if key.startswith("top1."):
                 extra.append({**row._asdict(), "dataset": key[len("top1."):], "top1": value})
     return pd.concat([rows, pd.DataFrame(extra, columns=rows.columns)], ignore_index=True) if extra else rows
 
 
+def infer_protocol(row) -> str:
+    """Rows written before rows carried their protocol: base-to-new rows have new-class accuracies,
+    domain-shift rows target accuracies in ``extras``."""
+    if isinstance(row.protocol, str) and row.protocol:
+        return row.protocol
+    if row.top1_new == row.top1_new and row.top1_new is not None:
+        return "base2new"
+    if isinstance(row.extras, str) and '"top1.' in row.extras:
+        return "shift"
+    return "fewshot"
+
+
+def _plugin(name: str):
+    from .registry import get_method
+
+    try:
+        return get_method(name)
+    except BenchError:
+        return None
+
+
+def _canonical(stack: str) -> str:
+    from .registry import canonical_stack
+
+    try:
+        return canonical_stack(stack)
+    except BenchError:  # a plugin that is no longer installed: keep the spelling the row has
+        return stack
+
+
+def _settings(row) -> dict:
+    """A row's non-default settings; for rows written before the column existed, from ``hparams``."""
+    if isinstance(row.settings, str) and row.settings:
+        return json.loads(row.settings)
+    out = {}
+    for method, values in json.loads(row.hparams if isinstance(row.hparams, str) else "{}").items():
+        plugin = _plugin(method)
+        try:
+            default = dataclasses.asdict(plugin.make_config(row.dataset, int(row.shots))) if plugin else {}
+        except BenchError:
+            default = {}
+        changed = {k: v for k, v in values.items() if default.get(k, object()) != v}
+        if changed:
+            out[method] = changed
+    return out
+
+
+def _value(v) -> str:
+    return str(v).lower() if isinstance(v, bool) else (f"{v:g}" if isinstance(v, float) else
+                                                       (v if isinstance(v, str) else json.dumps(v)))
+
+
+def _variant(row, stack: str) -> dict[str, str]:
+    """What tells this row's configuration apart: its non-default settings, model and weights."""
+    several = "+" in stack
+    out = {(f"{m}.{k}" if several else k): _value(v) for m, kv in _settings(row).items() for k, v in kv.items()}
+    out["model"] = str(row.model)
+    out["weights"] = str(row.pretrained)
+    return out
+
+
+def label_rows(rows: pd.DataFrame) -> pd.Series:
+    """One report row per stack *and* configuration: a stack run with two settings (or models, weights) in
+    one run gives two labelled rows, e.g. ``mask`` and ``mask (gdr=false, lr=0.001)``."""
+    labels = pd.Series(rows["stack"].values, index=rows.index, dtype=object)
+    for stack, group in rows.groupby("stack"):
+        variants = {i: _variant(r, stack) for i, r in zip(group.index, group.itertuples(index=False))}
+        keys = sorted({k for v in variants.values() for k in v})
+        differing = [k for k in keys if len({v.get(k) for v in variants.values()}) > 1]
+        for i, v in variants.items():
+            shown = [f"{k}={v[k]}" for k in differing if k in v and k not in ("model", "weights")]
+            shown += [f"{k}={v[k]}" for k in ("model", "weights") if k in differing]
+            labels[i] = f"{stack} ({', '.join(shown)})" if shown else stack
+    return labels
+
+
+def table_rows(rows: pd.DataFrame, current: dict[str, str] | None = None) -> tuple[pd.DataFrame, str | None]:
+    """The ok rows a report may put in one table, and a one-line note on what it set aside.
+
+    Rows get their protocol (inferred for old rows), the canonical stack name and a ``label``. Per
+    dataset, rows made on another version of its data are set aside: those not matching ``current``
+    (dataset -> dataset fingerprint, e.g. what `bench run` just planned), else all but the newest
+    version's."""
+    ok = rows[rows["status"] == "ok"].copy()
+    if ok.empty:
+        return ok.assign(label=pd.Series(dtype=object)), None
+    ok["protocol"] = [infer_protocol(r) for r in ok.itertuples(index=False)]
+    ok["stack"] = ok["stack"].map({s: _canonical(s) for s in set(ok["stack"])})
+    ok["dataset_fingerprint"] = ok["dataset_fingerprint"].fillna("")
+    keep = pd.Series(True, index=ok.index)
+    aside: dict[str, int] = {}
+    for dataset, group in ok.groupby("dataset"):
+        if current is not None and dataset in current:
+            wanted = current[dataset]
+        else:
+            newest = group.sort_values("finished_at", na_position="first", kind="stable").iloc[-1]
+            wanted = newest["dataset_fingerprint"]
+        other = group["dataset_fingerprint"] != wanted
+        if other.any():
+            keep[group.index[other]] = False
+            aside[dataset] = int(other.sum())
+    ok = expand_shift(ok[keep])
+    ok["label"] = label_rows(ok) if not ok.empty else pd.Series(dtype=object)
+    note = None
+    if aside:
+        what = ", ".join(f"{d}: {n}" for d, n in sorted(aside.items()))
+        note = (f"set aside {sum(aside.values())} rows made on another version of their data ({what}); "
+                "they stay in the run folder, and `bench run` redoes them on the data as it is now")
+    return ok, note
+
+
 def metrics_of(rows: pd.DataFrame) -> list[tuple[str, str]]:
-    """(column, caption) pairs the report shows: base/new/HM for base-to-new runs, top-1 otherwise."""
-    if (rows["protocol"] == "base2new").any():
-        return [("top1", "base-class top-1 (%)"), ("top1_new", "new-class top-1 (%)"), ("hm", "harmonic mean")]
-    return [("top1", "top-1 (%)")]
+    """(column, caption) pairs the report shows, from the rows' protocol."""
+    from .protocols import PROTOCOLS
+
+    seen = [PROTOCOLS[p] for p in dict.fromkeys(rows["protocol"]) if p in PROTOCOLS]
+    return list(dict.fromkeys(m for p in seen for m in p.metrics)) or [("top1", "top-1 (%)")]
 
 
 def _dataset_order(rows: pd.DataFrame) -> list[str]:
@@ -53,31 +162,41 @@ def _dataset_order(rows: pd.DataFrame) -> list[str]:
     return [d for d in order if d in present] + sorted(d for d in present if d not in order)
 
 
-def _stack_order(stacks) -> list[str]:
-    def key(stack: str):
-        parts = stack.split("+")
-        base = "+".join(p for p in parts if p != MASK) or MASK
-        rank = {"zeroshot": 0, "linear_probe": 1, MASK: 2}.get(base, 3)
-        return rank, base, MASK in parts and base != MASK
+def _split_stack(stack: str) -> tuple[str, bool]:
+    """(the stack without methods that declare ``stacked_gain``, whether it had one)."""
+    parts = stack.split("+")
+    plain = [p for p in parts if not getattr(_plugin(p), "stacked_gain", False)]
+    return "+".join(plain), len(plain) < len(parts)
 
-    return sorted(set(stacks), key=key)
+
+def _label_order(labels) -> list[str]:
+    def key(label: str):
+        stack, _, variant = label.partition(" (")
+        base, stacked = _split_stack(stack)
+        plugin = _plugin(stack)
+        rank = (0 if getattr(plugin, "gain_baseline", False) else 1 if getattr(plugin, "reference", False)
+                else 2 if not base else 3)
+        return rank, base, stacked, variant
+
+    return sorted(set(labels), key=key)
 
 
 def accuracy_tables(rows: pd.DataFrame, shots: int | None = None, metric: str = "top1"):
-    """{shots: (mean table, std table)}; rows = stacks, columns = datasets + Average (mean over seeds)."""
-    ok = rows[rows["status"] == "ok"]
+    """{shots: (mean table, std table)}; rows = labels (stack and configuration), columns = datasets +
+    Average; cells are means over seeds. ``rows`` come from :func:`table_rows`."""
+    ok = rows
     if shots is not None:
         ok = ok[ok["shots"] == shots]
         if ok.empty:
             have = sorted(set(rows["shots"].dropna().astype(int)))
             raise BenchError(f"no ok rows with {shots} shots in this run; shots present: {have}")
-    datasets = _dataset_order(rows[rows["dataset"].isin(set(ok["dataset"]))])
+    datasets = _dataset_order(ok)
     out = {}
     for k, group in ok.groupby("shots"):
-        grouped = group.groupby(["stack", "dataset"])[metric]
+        grouped = group.groupby(["label", "dataset"])[metric]
         mean = grouped.mean().unstack("dataset").reindex(columns=[d for d in datasets if d in set(group.dataset)])
         std = grouped.std(ddof=0).unstack("dataset").reindex(columns=mean.columns)
-        order = _stack_order(mean.index)
+        order = _label_order(mean.index)
         mean, std = mean.reindex(order), std.reindex(order)
         mean["Average"] = mean.mean(axis=1, skipna=False)
         std["Average"] = float("nan")
@@ -86,18 +205,19 @@ def accuracy_tables(rows: pd.DataFrame, shots: int | None = None, metric: str = 
 
 
 def gain_rows(mean: pd.DataFrame) -> pd.DataFrame:
-    """'X+mask vs X' for every masked stack whose base ran, and 'S vs zeroshot' for every method."""
+    """'X+m vs X' for every stack adding a ``stacked_gain`` method m whose base ran (same configuration of
+    X), and 'S vs B' against every ``gain_baseline`` method B (zero-shot)."""
     gains = {}
-    for stack in mean.index:
-        parts = stack.split("+")
-        if MASK in parts and len(parts) > 1:
-            base = "+".join(p for p in parts if p != MASK)
-            if base in mean.index:
-                gains[f"{stack} vs {base}"] = mean.loc[stack] - mean.loc[base]
-    if "zeroshot" in mean.index:
-        for stack in mean.index:
-            if stack != "zeroshot":
-                gains[f"{stack} vs zeroshot"] = mean.loc[stack] - mean.loc["zeroshot"]
+    for label in mean.index:
+        stack, sep, variant = label.partition(" (")
+        base, stacked = _split_stack(stack)
+        base_label = base + (sep + variant if base + sep + variant in mean.index else "")
+        if stacked and base and base_label in mean.index:
+            gains[f"{label} vs {base_label}"] = mean.loc[label] - mean.loc[base_label]
+    for baseline in [b for b in mean.index if getattr(_plugin(b), "gain_baseline", False)]:
+        for label in mean.index:
+            if label != baseline:
+                gains[f"{label} vs {baseline}"] = mean.loc[label] - mean.loc[baseline]
     return pd.DataFrame(gains).T.reindex(columns=mean.columns)
 
 
@@ -169,18 +289,18 @@ def plot_curves(rows: pd.DataFrame, path: Path, metric: str = "top1") -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ok = rows[rows["status"] == "ok"]
-    datasets = [d for d in _dataset_order(rows) if d in set(ok.dataset)]
-    per_seed = ok.groupby(["stack", "dataset", "shots"])[metric].agg(["mean", "std"]).reset_index()
+    ok, _ = table_rows(rows) if "label" not in rows else (rows, None)
+    datasets = [d for d in _dataset_order(ok)]
+    per_seed = ok.groupby(["label", "dataset", "shots"])[metric].agg(["mean", "std"]).reset_index()
     panels = datasets + ["Average"]
     cols = min(4, len(panels))
     nrows = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(4 * cols, 3.3 * nrows), squeeze=False)
-    stacks = _stack_order(ok["stack"])
+    stacks = _label_order(ok["label"])
     colours = plt.get_cmap("tab10")
     for ax, panel in zip(axes.flat, panels):
         for i, stack in enumerate(stacks):
-            sub = per_seed[per_seed["stack"] == stack]
+            sub = per_seed[per_seed["label"] == stack]
             if panel == "Average":
                 piv = sub.pivot(index="shots", columns="dataset", values="mean").reindex(columns=datasets)
                 curve = piv.mean(axis=1, skipna=False).dropna()

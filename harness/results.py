@@ -22,13 +22,15 @@ import pyarrow.parquet as pq
 
 from .errors import BenchError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _TS = pa.timestamp("us", tz="UTC")
 SCHEMA = pa.schema([
     ("schema_version", pa.int32()),
     ("run", pa.string()), ("trial_id", pa.string()), ("suite", pa.string()), ("protocol", pa.string()),
     ("dataset", pa.string()), ("shots", pa.int32()), ("seed", pa.int32()), ("stack", pa.string()),
-    ("model", pa.string()), ("pretrained", pa.string()), ("hparams", pa.string()),
+    ("model", pa.string()), ("pretrained", pa.string()),
+    ("data_fingerprint", pa.string()), ("dataset_fingerprint", pa.string()), ("weights_fingerprint", pa.string()),
+    ("hparams", pa.string()), ("settings", pa.string()),
     ("status", pa.string()), ("error", pa.string()),
     ("top1", pa.float64()), ("val_top1", pa.float64()),
     ("top1_new", pa.float64()), ("hm", pa.float64()),  # base-to-new protocol only
@@ -122,12 +124,46 @@ class RunFolder:
         self.fs.move(tmp, final)  # a rename on local and shared file systems: atomic
 
     def read(self) -> pd.DataFrame:
-        """All rows of the run (empty frame with the schema's columns when there are none)."""
+        """All rows of the run (empty frame with the schema's columns when there are none).
+
+        Row files that cannot be read (cut short by a full disk or a partial copy) are moved aside to
+        ``<run>/unreadable/``, never deleted, and named in one warning line; their trials count as not
+        run, so the next `bench run` redoes them."""
         if not self.exists():
             return SCHEMA.empty_table().to_pandas()
+        try:
+            return self._table()
+        except (pa.ArrowInvalid, OSError):
+            if not self.set_aside_unreadable():
+                raise
+            return self._table()
+
+    def _table(self) -> pd.DataFrame:
         dataset = pads.dataset(self.trials, format="parquet", filesystem=self.fs, schema=SCHEMA,
                                exclude_invalid_files=False)
         return dataset.to_table().to_pandas()
+
+    def set_aside_unreadable(self) -> list[str]:
+        """Move row files that do not parse to ``<run>/unreadable/``; return their names."""
+        from .console import err
+
+        moved = []
+        for info in self.fs.get_file_info(pafs.FileSelector(self.trials)):
+            if info.type != pafs.FileType.File or info.base_name.startswith((".", "_")):
+                continue
+            try:
+                with self.fs.open_input_file(info.path) as handle:
+                    pq.read_table(handle)
+            except (pa.ArrowInvalid, OSError):
+                aside = f"{self.root}/unreadable"
+                self.fs.create_dir(aside, recursive=True)
+                self.fs.move(info.path, f"{aside}/{info.base_name}.{uuid.uuid4().hex[:8]}")
+                moved.append(info.base_name)
+        if moved:
+            err.print(f"warning: {len(moved)} unreadable row files of run '{self.run}' moved to {self.root}/unreadable "
+                      f"({', '.join(moved[:3])}{', ...' if len(moved) > 3 else ''}); their trials will run again",
+                      highlight=False, soft_wrap=True)
+        return moved
 
     def done_ids(self) -> set[str]:
         rows = self.read()

@@ -25,8 +25,11 @@ class TrialSpec:
     device: str = "cpu"
     results: str = "results"
     cache_dir: str | None = None  # shared feature and stage cache (None: no cache across trials)
-    protocol: str = "fewshot"  # "fewshot" | "base2new" | "shift"
+    protocol: str = "fewshot"  # a registered protocol (bench.protocols): fewshot, base2new, shift
     shift_targets: tuple[str, ...] = ()  # shift protocol: datasets tested besides the training one
+    data_fingerprint: str = ""  # content of the data the trial reads (bench.fingerprint), set by planning
+    dataset_fingerprint: str = ""  # the dataset version's (equal across shots and seeds), set by planning
+    weights_fingerprint: str = ""  # the starting weights' identity (tag or file hash), set by planning
 
     def configs(self) -> list[tuple[type, Any]]:
         """The stack's plugins in pipeline order, each with its resolved config."""
@@ -39,26 +42,28 @@ class TrialSpec:
     def stage_key(self, upto: int) -> str:
         """Identity of the stack's first ``upto + 1`` stages on this trial's data: what they learn
         depends on nothing else, so e.g. the masks of ``mask`` and ``coop+mask`` are learned once."""
-        from .cache import digest, weights_id
+        from .cache import digest
 
         plugins = self.configs()[: upto + 1]
-        return digest({"dataset": self.dataset, "shots": self.shots, "seed": self.seed, "protocol": self.protocol,
-                       "weights": weights_id(self.model, self.pretrained, self.seed), "device": self.device,
-                       "stages": [[m.name, m.version, config_dict(c)] for m, c in plugins]})
+        return digest({"data": self.data_fingerprint, "shots": self.shots, "seed": self.seed,
+                       "protocol": self.protocol, "model": self.model, "weights": self.weights_fingerprint,
+                       "device": self.device, "stages": [[m.name, m.version, config_dict(c)] for m, c in plugins]})
 
     @property
     def trial_id(self) -> str:
-        """Hash of every field that changes the result (not run name, paths or device)."""
+        """Hash of every field that changes the result: the data's and the weights' content, the stack, its
+        resolved settings and method versions, shots, seed and protocol (not run name, paths or device)."""
+        if not (self.data_fingerprint and self.weights_fingerprint):
+            raise ValueError("a TrialSpec gets its fingerprints from planning (bench.plan.plan_trials)")
         plugins = self.configs()
         key = {
-            "dataset": self.dataset, "shots": self.shots, "seed": self.seed,
+            "data": self.data_fingerprint, "shots": self.shots, "seed": self.seed,
             "pipeline": [m.name for m, _ in plugins],
             "versions": {m.name: m.version for m, _ in plugins},
             "config": {m.name: config_dict(c) for m, c in plugins},
-            "model": self.model, "pretrained": self.pretrained,
+            "model": self.model, "weights": self.weights_fingerprint,
+            "protocol": self.protocol, "shift_targets": list(self.shift_targets),
         }
-        if self.protocol != "fewshot":
-            key.update(protocol=self.protocol, shift_targets=list(self.shift_targets))
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BenchError
+from .protocols import get_protocol
 
 
 @dataclasses.dataclass
@@ -20,7 +21,7 @@ class Suite:
     methods: list[str]
     model: str = "tiny"
     pretrained: str = "bundled"
-    protocol: str = "fewshot"  # "fewshot" | "base2new" | "shift"
+    protocol: str = "fewshot"  # one of bench.protocols.PROTOCOLS
     shift_targets: list[str] = dataclasses.field(default_factory=list)
     set: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # method -> key -> value
     set_per_dataset: dict[str, dict[str, dict[str, Any]]] = dataclasses.field(default_factory=dict)
@@ -61,6 +62,11 @@ def load_suite(name_or_path: str) -> Suite:
     raw.setdefault("name", path.stem)
     raw.setdefault("description", "")
     try:
-        return Suite(**raw)
+        suite = Suite(**raw)
     except TypeError as err:
         raise BenchError(f"suite file {path} is incomplete ({err})") from None
+    try:
+        get_protocol(suite.protocol)
+    except BenchError as err:
+        raise BenchError(f"suite file {path}: {err}") from None
+    return suite

@@ -14,14 +14,14 @@ import numpy as np
 import torch
 
 from . import __version__
-from .cache import FeatureCache, StageCache, module_fingerprint, weights_id
+from .cache import FeatureCache, StageCache, module_fingerprint
 from .classifier import ClipClassifier, ZeroShotHead
 from .context import TrialContext
-from .data.catalog import get_dataset, load_fewshot
-from .data.classes import shift_label_map, subsample_classes
 from .errors import BenchError
+from .fingerprint import fingerprinted, read_trial_data
 from .models import load_model
-from .plugin import Slot
+from .plugin import Slot, config_dict
+from .protocols import get_protocol
 from .spec import TrialSpec
 
 
@@ -40,9 +40,13 @@ def resolve_device(device: str) -> torch.device:
 def build_context(spec: TrialSpec, progress: Callable[[str], None] = lambda m: None) -> TrialContext:
     """Load the trial's data and model and wrap them as a zero-shot classifier."""
     device = resolve_device(spec.device)
-    data, short = load_fewshot(spec.dataset, spec.data_root, spec.shots, spec.seed)
-    if spec.protocol == "base2new":
-        data = subsample_classes(data, "base")
+    data, short, (fingerprint, _), _ = read_trial_data(spec.dataset, spec.data_root, spec.shots, spec.seed,
+                                                       spec.shift_targets)
+    if fingerprint != spec.data_fingerprint:
+        raise BenchError(f"the data of '{spec.dataset}' changed after this run was planned (fingerprint "
+                         f"{spec.data_fingerprint}, now {fingerprint}); run the same command again to plan "
+                         "trials on the data as it is now")
+    data = get_protocol(spec.protocol).prepare(data)
     if short:
         progress(f"{len(short)} classes of {spec.dataset} have fewer than {spec.shots} train images; all taken")
     model, preprocess, tokenizer = load_model(spec.model, spec.pretrained, str(device))
@@ -51,7 +55,7 @@ def build_context(spec: TrialSpec, progress: Callable[[str], None] = lambda m: N
     norm = next(t for t in preprocess.transforms if type(t).__name__ == "Normalize")
     ctx = TrialContext(spec=spec, clf=None, tokenizer=tokenizer, data=data, device=device, image_size=int(size),
                        mean=tuple(norm.mean), std=tuple(norm.std), progress=progress, short_classes=len(short),
-                       encoder_id=weights_id(spec.model, spec.pretrained, spec.seed),
+                       encoder_id=f"{spec.model}|{spec.weights_fingerprint or spec.pretrained}|{spec.seed}",
                        cache=FeatureCache(spec.cache_dir) if spec.cache_dir else None,
                        num_workers=min(8, (os.cpu_count() or 2) // 2) if device.type == "cuda" else 0)
     ctx.clf = ClipClassifier(model, ZeroShotHead(torch.zeros(1, 1), 1.0)).to(device)
@@ -78,6 +82,8 @@ def run_trial(spec: TrialSpec, progress: Callable[[str], None] = lambda m: None,
               artifact_dir: Path | None = None) -> dict[str, Any]:
     """Run one trial and return its result row (raises on failure; the caller records errors)."""
     started = dt.datetime.now(dt.timezone.utc)
+    if not spec.data_fingerprint:  # a spec made by hand rather than by planning
+        spec = fingerprinted(spec, cache_dir=spec.cache_dir)
     seed_everything(spec.seed)
     if spec.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -106,10 +112,10 @@ def run_trial(spec: TrialSpec, progress: Callable[[str], None] = lambda m: None,
     t0 = time.perf_counter()
     val_top1, _ = evaluate(ctx, "val")
     top1, n_test = evaluate(ctx, "test")
-    if spec.protocol == "base2new":
-        row.update(new_class_accuracy(ctx, top1))
-    elif spec.protocol == "shift":
-        row["extras"].update(shift_accuracies(ctx, spec))
+    fields, extras = get_protocol(spec.protocol).extra_metrics(
+        ctx, spec, top1, lambda split, select=lambda logits: logits: evaluate(ctx, split, select))
+    row.update(fields)
+    row["extras"].update(extras)
     eval_seconds = time.perf_counter() - t0
     row.update(
         status="ok", error=None, top1=top1, val_top1=val_top1, n_train=len(ctx.data.train), n_test=n_test,
@@ -147,32 +153,6 @@ def fit_stage(method, ctx: TrialContext, stages: StageCache | None, key: str | N
         return out
 
 
-def new_class_accuracy(ctx: TrialContext, base_top1: float) -> dict[str, float]:
-    """Base-to-new: re-target the text-based head to the other half of the classes and test on them."""
-    if not hasattr(ctx.clf.head, "for_classes") or len(ctx.clf.logit_terms):
-        raise BenchError(f"stack '{ctx.spec.stack}' cannot classify classes it was not trained on: base-to-new "
-                         "needs a head built from class names (zeroshot, mask, coop, clip_adapter)")
-    full, _ = load_fewshot(ctx.spec.dataset, ctx.spec.data_root, ctx.spec.shots, ctx.spec.seed)
-    ctx.switch_data(subsample_classes(full, "new"))
-    ctx.clf.head = ctx.clf.head.for_classes(ctx.data.classnames, ctx)
-    new_top1, _ = evaluate(ctx, "test")
-    hm = 2 * base_top1 * new_top1 / (base_top1 + new_top1) if base_top1 + new_top1 else 0.0
-    return {"top1_new": new_top1, "hm": hm}
-
-
-def shift_accuracies(ctx: TrialContext, spec: TrialSpec) -> dict[str, float]:
-    """Domain shift: test the trained classifier on each target dataset, scored over the target's classes."""
-    source = ctx.data
-    out = {}
-    for target in spec.shift_targets:
-        data = get_dataset(target).read(spec.data_root)
-        mapping = shift_label_map(source, data)
-        ctx.switch_data(data)
-        out[f"top1.{target}"], _ = evaluate(ctx, "test", mapping.select)
-    ctx.switch_data(source)
-    return out
-
-
 # Row fields a method may return from fit() besides trainable_params.
 ROW_EXTRA_KEYS = {"mask_sparsity", "mask_sparsity_encoder"}
 
@@ -189,9 +169,25 @@ def spec_fields(spec: TrialSpec) -> dict[str, Any]:
     import open_clip
 
     return {
-        "run": spec.run, "trial_id": spec.trial_id, "suite": spec.suite, "dataset": spec.dataset,
-        "shots": spec.shots, "seed": spec.seed, "stack": spec.stack, "model": spec.model,
-        "pretrained": spec.pretrained, "hparams": json.dumps(spec.hyperparameters(), sort_keys=True),
+        "run": spec.run, "trial_id": spec.trial_id, "suite": spec.suite, "protocol": spec.protocol,
+        "dataset": spec.dataset, "shots": spec.shots, "seed": spec.seed, "stack": spec.stack,
+        "model": spec.model, "pretrained": spec.pretrained,
+        "data_fingerprint": spec.data_fingerprint, "dataset_fingerprint": spec.dataset_fingerprint,
+        "weights_fingerprint": spec.weights_fingerprint,
+        "hparams": json.dumps(spec.hyperparameters(), sort_keys=True),
+        "settings": json.dumps(non_default_settings(spec), sort_keys=True),
         "device": spec.device, "torch": torch.__version__, "open_clip": open_clip.__version__,
         "bench": __version__,
     }
+
+
+def non_default_settings(spec: TrialSpec) -> dict[str, dict[str, Any]]:
+    """The settings of each method that differ from its defaults for this dataset and shot count:
+    what tells two rows of one stack apart in a report."""
+    out = {}
+    for plugin, config in spec.configs():
+        default = config_dict(plugin.make_config(spec.dataset, spec.shots))
+        changed = {k: v for k, v in config_dict(config).items() if default.get(k) != v}
+        if changed:
+            out[plugin.name] = changed
+    return out

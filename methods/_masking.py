@@ -19,6 +19,7 @@ from torch.func import functional_call
 
 FORMAT = "bench-mask-v1"
 _BLOCK = re.compile(r"(?:resblocks|blocks|layers?)\.(\d+)\.")
+LAYERS = re.compile(r"^(|all|-?\d+(--?\d+)?(,-?\d+(--?\d+)?)*)$", re.IGNORECASE)  # what parse_layers reads
 
 
 # -- which tensors are masked ------------------------------------------------------------------

@@ -38,12 +38,14 @@ from __future__ import annotations
 import copy
 import dataclasses
 from contextlib import nullcontext
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from bench import BenchError, Method, Slot
+from bench.plugin import AtLeastOne, NonNegative, Positive, Range
 
 from ._training import coop_epochs, resolve_precision, set_lr, through_adapters, train_feature_batches, warmup_cosine_lr
 
@@ -52,22 +54,22 @@ POSITIONS = ("end", "middle", "front")
 
 @dataclasses.dataclass
 class CoOpConfig:
-    n_ctx: int = 16  # number of context vectors (ignored when ctx_init gives words)
+    n_ctx: Annotated[int, AtLeastOne] = 16  # number of context vectors (ignored when ctx_init gives words)
     ctx_init: str = ""  # e.g. "a photo of a": initialise the context from these words' embeddings
     csc: bool = False  # class-specific context (one context per class)
-    class_token_position: str = "end"  # end | middle | front
-    init_std: float = 0.02
-    epochs: int = 200  # set by shots in defaults_for
-    batch_size: int = 32
-    lr: float = 0.002
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup_epochs: int = 1
-    warmup_lr: float = 1e-5
-    crop_scale: tuple[float, float] = (0.08, 1.0)
-    precision: str = "auto"  # auto (fp16 on cuda, fp32 on cpu) | fp16 | fp32 | amp
+    class_token_position: Literal["end", "middle", "front"] = "end"
+    init_std: Annotated[float, NonNegative] = 0.02
+    epochs: Annotated[int, AtLeastOne] = 200  # set by shots in defaults_for
+    batch_size: Annotated[int, AtLeastOne] = 32
+    lr: Annotated[float, Positive] = 0.002
+    momentum: Annotated[float, Range(0, 1)] = 0.9
+    weight_decay: Annotated[float, NonNegative] = 5e-4
+    warmup_epochs: Annotated[int, NonNegative] = 1
+    warmup_lr: Annotated[float, NonNegative] = 1e-5
+    crop_scale: Annotated[tuple[float, float], Range(0, 1, min_exclusive=True)] = (0.08, 1.0)
+    precision: Literal["auto", "fp16", "fp32", "amp"] = "auto"  # auto: fp16 on cuda, fp32 on cpu
     truncate: bool = True  # run the text transformer only up to the last end token (same result)
-    feature_views: int = 0  # 0: fresh augmentation through the encoder every epoch (CoOp); V: V cached views
+    feature_views: Annotated[int, NonNegative] = 0  # 0: fresh augmentation through the encoder every epoch (CoOp); V: V cached views
 
 
 class TextTower(nn.Module):

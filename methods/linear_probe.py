@@ -23,13 +23,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
-from typing import Optional
+from typing import Annotated, Optional
 
 import numpy as np
 import torch
 from torch import nn
 
 from bench import BenchError, Method, Slot
+from bench.plugin import AtLeastOne, NonNegative, Positive
 
 from ._training import through_adapters
 
@@ -38,10 +39,10 @@ C_GRID = (1e6, 1e4, 1e2, 1.0, 1e-2, 1e-4, 1e-6)
 
 @dataclasses.dataclass
 class LinearProbeConfig:
-    c_grid: tuple[float, ...] = C_GRID  # initial grid of inverse regularisation strengths
-    search_steps: int = 8  # log-space bisection steps around the grid's peak
-    max_iter: int = 1000
-    C: Optional[float] = None  # fixed C: no search
+    c_grid: Annotated[tuple[float, ...], Positive] = C_GRID  # initial grid of inverse regularisation strengths
+    search_steps: Annotated[int, NonNegative] = 8  # log-space bisection steps around the grid's peak
+    max_iter: Annotated[int, AtLeastOne] = 1000
+    C: Optional[Annotated[float, Positive]] = None  # fixed C: no search
 
 
 def fit_logreg(x: np.ndarray, y: np.ndarray, c: float, max_iter: int):
@@ -111,6 +112,8 @@ class LinearProbe(Method):
     slot = Slot.HEAD
     Config = LinearProbeConfig
     version = "1"
+    transfers_to_new_classes = False  # one weight vector per training class
+    reference = True
 
     def fit(self, clf, ctx) -> dict:
         cfg: LinearProbeConfig = self.config

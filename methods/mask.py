@@ -43,15 +43,16 @@ import contextlib
 import dataclasses
 import math
 from pathlib import Path
-from typing import Callable, Mapping, Optional
+from typing import Annotated, Callable, Literal, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
 
 from bench import Method, Slot
+from bench.plugin import AtLeastOne, NonNegative, Positive, Range
 from bench.classifier import ZeroShotHead
 
-from ._masking import (apply_masks, binary_masks, gdr_gradient, load_masks, masked_forward, save_masks,
+from ._masking import (LAYERS, apply_masks, binary_masks, gdr_gradient, load_masks, masked_forward, save_masks,
                        select_masked, sparsity)
 
 __all__ = ["MaskTuning", "apply_masks", "load_masks", "save_masks", "readme_lambda"]
@@ -120,26 +121,31 @@ class MaskTuning(Method):
     trains = "one real score per masked weight (hard threshold, straight-through), Adam, cosine"
     slot = Slot.ENCODER
     version = "1"
+    stacked_gain = True  # "X+mask vs X": what R-AMT adds on top of a method
 
     @dataclasses.dataclass
     class Config:
-        lr: float = 8e-5
-        epochs: int = 30
-        steps: Optional[int] = None  # fixed number of steps (cosine over steps); overrides epochs
-        batch_size: int = 32
-        crop_scale_min: float = 0.5  # RandomResizedCrop scale (min, 1.0)
+        lr: Annotated[float, Positive] = 8e-5
+        epochs: Annotated[int, AtLeastOne] = 30
+        steps: Optional[Annotated[int, AtLeastOne]] = None  # fixed number of steps (cosine over steps); overrides epochs
+        batch_size: Annotated[int, AtLeastOne] = 32
+        crop_scale_min: Annotated[float, Range(0, 1, min_exclusive=True)] = 0.5  # RandomResizedCrop scale (min, 1.0)
         init: float = 1e-2
         threshold: float = 5e-3
-        reg_weight: float = 1e-4
+        reg_weight: Annotated[float, NonNegative] = 1e-4
         gdr: bool = True  # false: AMT
-        gdr_lambda: float = 1.0
-        lambda_table: str = ""  # "readme": the README's per-dataset 16-shot lambda (overrides gdr_lambda)
-        gdr_temperature: float = 1.0
+        gdr_lambda: Annotated[float, Range(0, 1)] = 1.0
+        lambda_table: Literal["", "readme"] = ""  # "readme": the README's per-dataset 16-shot lambda (overrides gdr_lambda)
+        gdr_temperature: Annotated[float, Positive] = 1.0
         mlp: bool = False
         layers: str = "all"  # blocks to mask: "all", "8-11", "0,5,-1"
         patch_embed: bool = True
         lowercase: bool = False  # train against lower-cased class-name text weights (R-AMT's trainer)
         bf16: bool = False  # CUDA only: bf16 autocast of the forward passes
+
+        def __post_init__(self):
+            if not LAYERS.match(str(self.layers).replace(" ", "")):
+                raise ValueError(f"layers={self.layers!r}: write 'all' or block indices and ranges, e.g. '8-11' or '0,5,-1'")
 
     @classmethod
     def defaults_for(cls, dataset: str, shots: int) -> dict:
@@ -155,9 +161,6 @@ class MaskTuning(Method):
 
     def fit(self, clf, ctx) -> dict:
         cfg = self.config
-        if cfg.lambda_table not in ("", "readme"):
-            from bench import BenchError
-            raise BenchError(f"mask.lambda_table must be '' or 'readme', got '{cfg.lambda_table}'")
         visual = clf.model.visual
         try:
             names = select_masked(visual, cfg.mlp, cfg.layers, cfg.patch_embed)

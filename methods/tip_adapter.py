@@ -15,7 +15,9 @@ Faithful to gaopengcuhk/Tip-Adapter ``main.py`` / ``utils.py`` (reference: basel
   wide ranges of the fine-grained sets.
 * Tip-Adapter-F: the keys become learnable (initialised to the cache keys; values fixed), trained with
   the logits above at the initial alpha/beta; AdamW lr 0.001, eps 1e-4, weight decay 0.01, cosine over all
-  iterations stepped per batch, batch 256, 20 epochs (EuroSAT 100), augmentation as the cache; then the
+  iterations stepped per batch, batch 256 keeping the last partial batch (``drop_last=False``, so e.g. 4
+  shots of Caltech101's 100 classes are 2 steps an epoch), 20 epochs (EuroSAT 100), augmentation as the
+  cache; then the
   (alpha, beta) search with the fine-tuned keys.
 
 **Selection uses the few-shot validation split only, never the test split.** The official code searches
@@ -37,12 +39,14 @@ official loop. The training passes are drawn independently of the 10 cache passe
 from __future__ import annotations
 
 import dataclasses
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from bench import BenchError, Method, Slot
+from bench.plugin import AtLeastOne, NonNegative, Positive, Range
 
 from ._training import n_batches, through_adapters, train_feature_batches
 
@@ -65,25 +69,25 @@ GENERIC = (1.0, (10.0, 5.0), 20)  # any other dataset (syn_* included): see the 
 
 @dataclasses.dataclass
 class TipAdapterConfig:
-    init_alpha: float = 1.0  # residual ratio alpha before (or without) the search
-    init_beta: float = 1.0  # sharpness beta before (or without) the search
+    init_alpha: Annotated[float, NonNegative] = 1.0  # residual ratio alpha before (or without) the search
+    init_beta: Annotated[float, NonNegative] = 1.0  # sharpness beta before (or without) the search
     search_hp: bool = True  # grid-search (alpha, beta) on the few-shot val split
-    search_scale: tuple[float, float] = (10.0, 5.0)  # (S_beta, S_alpha), upper ends of the grids
-    search_step: tuple[int, int] = (200, 20)  # grid sizes (beta, alpha)
-    augment_views: int = 10  # augmented passes averaged into the keys
-    crop_scale: tuple[float, float] = (0.5, 1.0)
+    search_scale: Annotated[tuple[float, float], Positive] = (10.0, 5.0)  # (S_beta, S_alpha), upper ends of the grids
+    search_step: Annotated[tuple[int, int], AtLeastOne] = (200, 20)  # grid sizes (beta, alpha)
+    augment_views: Annotated[int, AtLeastOne] = 10  # augmented passes averaged into the keys
+    crop_scale: Annotated[tuple[float, float], Range(0, 1, min_exclusive=True)] = (0.5, 1.0)
 
 
 @dataclasses.dataclass
 class TipAdapterFConfig(TipAdapterConfig):
-    epochs: int = 20  # EuroSAT 100 (defaults_for)
-    batch_size: int = 256
-    lr: float = 0.001
-    eps: float = 1e-4
-    weight_decay: float = 0.01
-    select: str = "val"  # epoch choice: "val" (best few-shot val accuracy) or "last"
+    epochs: Annotated[int, AtLeastOne] = 20  # EuroSAT 100 (defaults_for)
+    batch_size: Annotated[int, AtLeastOne] = 256
+    lr: Annotated[float, Positive] = 0.001
+    eps: Annotated[float, Positive] = 1e-4
+    weight_decay: Annotated[float, NonNegative] = 0.01
+    select: Literal["val", "last"] = "val"  # epoch choice: best few-shot val accuracy, or the last epoch
     feature_cache: bool = True  # train on cached encoder features of augmented views
-    train_views: int = 0  # cached augmented passes for training; 0 = one per epoch
+    train_views: Annotated[int, NonNegative] = 0  # cached augmented passes for training; 0 = one per epoch
 
 
 class CacheTerm(nn.Module):
@@ -135,6 +139,7 @@ class _TipBase(Method):
 
     slot = Slot.LOGIT_TERM
     version = "1"
+    transfers_to_new_classes = False  # the cache's values are the training classes
 
     @classmethod
     def defaults_for(cls, dataset: str, shots: int) -> dict:
@@ -192,20 +197,18 @@ class TipAdapterF(_TipBase):
     description = "Tip-Adapter-F: Tip-Adapter's cache with fine-tuned keys (Zhang et al., ECCV 2022)"
     trains = "cache keys, AdamW + per-step cosine, epoch and (alpha, beta) chosen on the few-shot val split"
     Config = TipAdapterFConfig
+    version = "2"  # 2: the last partial batch of each epoch is trained on, as the official loader
 
     def train_keys(self, term: CacheTerm, clf, ctx, val) -> dict:
         cfg: TipAdapterFConfig = self.config
-        if cfg.select not in ("val", "last"):
-            raise BenchError(f"bad value {cfg.select!r} for 'tip_adapter_f.select': choose val or last")
-        if cfg.epochs < 1:
-            raise BenchError(f"tip_adapter_f.epochs must be at least 1, got {cfg.epochs}")
         term.keys.requires_grad_(True)
         optimizer = torch.optim.AdamW([term.keys], lr=cfg.lr, eps=cfg.eps, weight_decay=cfg.weight_decay)
-        steps = cfg.epochs * n_batches(len(ctx.split("train")), cfg.batch_size)
+        # The official loader keeps the last partial batch (drop_last=False): every image every epoch.
+        steps = cfg.epochs * n_batches(len(ctx.split("train")), cfg.batch_size, drop_last=False)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(steps, 1))
         views = (cfg.train_views or cfg.epochs) if cfg.feature_cache else None
         epoch_batches = train_feature_batches(clf, ctx, ctx.train_transform(tuple(cfg.crop_scale)), cfg.batch_size,
-                                              ctx.generator(31), views, stream=31)
+                                              ctx.generator(31), views, stream=31, drop_last=False)
         best_correct, best_epoch, best_keys = -1, cfg.epochs - 1, None
         loss_value = float("nan")
         for epoch in range(cfg.epochs):

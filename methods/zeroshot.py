@@ -7,6 +7,8 @@ class ZeroShot(Method):
     description = "Zero-shot CLIP with the dataset's hand-written prompt (reference row, no training)"
     trains = "nothing"
     slot = None
+    reference = True
+    gain_baseline = True
 
     def fit(self, clf, ctx):
         return {"trainable_params": 0}  # the harness builds the zero-shot head for every trial

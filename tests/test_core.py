@@ -8,6 +8,7 @@ import pytest
 from bench import BenchError, Method, Slot
 from bench.plan import parse_int_list, parse_sets, plan_trials
 from bench.registry import get_method, methods, parse_stack
+from bench.fingerprint import fingerprinted
 from bench.spec import TrialSpec
 from bench.suite import load_suite
 
@@ -81,10 +82,15 @@ def test_two_methods_claiming_the_same_part_are_rejected(monkeypatch):
 
 
 def test_trial_id_is_stable_and_tracks_what_changes_results():
-    base = TrialSpec(run="r", suite="s", dataset="syn_colour", shots=4, seed=1, stack="zeroshot")
+    plain = TrialSpec(run="r", suite="s", dataset="syn_colour", shots=4, seed=1, stack="zeroshot")
+    with pytest.raises(ValueError, match="fingerprints from planning"):
+        plain.trial_id
+    base = fingerprinted(plain)
     same = dataclasses.replace(base, run="other", results="/elsewhere", device="cuda")
     assert base.trial_id == same.trial_id
-    for change in ({"seed": 2}, {"shots": 8}, {"dataset": "syn_shape"}, {"model": "ViT-B-16"}):
+    for change in ({"seed": 2}, {"shots": 8}, {"dataset": "syn_texture"}, {"model": "ViT-B-16"}):
+        assert fingerprinted(dataclasses.replace(plain, **change)).trial_id != base.trial_id
+    for change in ({"data_fingerprint": "0" * 16}, {"weights_fingerprint": "sha256:0"}, {"protocol": "base2new"}):
         assert dataclasses.replace(base, **change).trial_id != base.trial_id
     assert TrialSpec.from_dict(base.to_dict()) == base
 
