@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 from . import __version__
@@ -59,24 +60,56 @@ def build_context(spec: TrialSpec, progress: Callable[[str], None] = lambda m: N
     return ctx
 
 
+class Predictions:
+    """Per test image of every set a trial is scored on: its index in the split, true and predicted class.
+
+    ``eval_set`` names the set: ``test`` (the trial's own), ``new`` (base-to-new's new classes) or a
+    shift target's dataset name. Kept so that intervals and later analyses need no rerun."""
+
+    SCHEMA = pa.schema([("eval_set", pa.string()), ("index", pa.int32()), ("label", pa.int32()),
+                        ("predicted", pa.int32())])
+
+    def __init__(self) -> None:
+        self.parts: list[pa.Table] = []
+
+    def keeper(self, eval_set: str) -> Callable[[torch.Tensor, torch.Tensor], None]:
+        def keep(labels: torch.Tensor, predicted: torch.Tensor) -> None:
+            n = len(labels)
+            self.parts.append(pa.table({"eval_set": pa.array([eval_set] * n, pa.string()),
+                                        "index": pa.array(np.arange(n, dtype=np.int32)),
+                                        "label": pa.array(labels.cpu().numpy().astype(np.int32)),
+                                        "predicted": pa.array(predicted.cpu().numpy().astype(np.int32))},
+                                       schema=self.SCHEMA))
+        return keep
+
+    def table(self) -> pa.Table:
+        return pa.concat_tables(self.parts) if self.parts else self.SCHEMA.empty_table()
+
+
 @torch.no_grad()
-def evaluate(ctx: TrialContext, split: str, select: Callable = lambda logits: logits) -> tuple[float, int]:
+def evaluate(ctx: TrialContext, split: str, select: Callable = lambda logits: logits,
+             keep: Callable[[torch.Tensor, torch.Tensor], None] | None = None) -> tuple[float, int]:
     """Top-1 accuracy (percent) of the current classifier on a split, and the split's size.
 
-    ``select`` picks the logit columns that are scored (e.g. a shifted dataset's own classes)."""
+    ``select`` picks the logit columns that are scored (e.g. a shifted dataset's own classes); ``keep``
+    receives the labels and predicted classes, in split order."""
     if not ctx.split(split):
         return float("nan"), 0
     ctx.clf.eval()
     feats = ctx.features(split)[0]
     labels = ctx.labels(split)
-    correct = sum(int((select(ctx.clf.logits_from_features(f)).argmax(-1) == y).sum())
-                  for f, y in zip(feats.split(500), labels.split(500)))
-    return 100.0 * correct / len(labels), len(labels)
+    predicted = torch.cat([select(ctx.clf.logits_from_features(f)).argmax(-1) for f in feats.split(500)])
+    if keep is not None:
+        keep(labels, predicted)
+    return 100.0 * int((predicted == labels).sum()) / len(labels), len(labels)
 
 
 def run_trial(spec: TrialSpec, progress: Callable[[str], None] = lambda m: None,
-              artifact_dir: Path | None = None) -> dict[str, Any]:
-    """Run one trial and return its result row (raises on failure; the caller records errors)."""
+              artifact_dir: Path | None = None,
+              keep_predictions: Callable[[pa.Table], None] | None = None) -> dict[str, Any]:
+    """Run one trial and return its result row (raises on failure; the caller records errors).
+
+    ``keep_predictions`` receives the test predictions (:class:`Predictions`) before the row is returned."""
     started = dt.datetime.now(dt.timezone.utc)
     seed_everything(spec.seed)
     if spec.device == "cuda":
@@ -104,13 +137,16 @@ def run_trial(spec: TrialSpec, progress: Callable[[str], None] = lambda m: None,
             ctx.encoder_id = module_fingerprint(ctx.clf.model.visual)
     fit_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
+    predictions = Predictions()
     val_top1, _ = evaluate(ctx, "val")
-    top1, n_test = evaluate(ctx, "test")
+    top1, n_test = evaluate(ctx, "test", keep=predictions.keeper("test"))
     if spec.protocol == "base2new":
-        row.update(new_class_accuracy(ctx, top1))
+        row.update(new_class_accuracy(ctx, top1, predictions))
     elif spec.protocol == "shift":
-        row["extras"].update(shift_accuracies(ctx, spec))
+        row["extras"].update(shift_accuracies(ctx, spec, predictions))
     eval_seconds = time.perf_counter() - t0
+    if keep_predictions is not None:
+        keep_predictions(predictions.table())
     row.update(
         status="ok", error=None, top1=top1, val_top1=val_top1, n_train=len(ctx.data.train), n_test=n_test,
         trainable_params=trainable, fit_seconds=fit_seconds, eval_seconds=eval_seconds,
@@ -147,7 +183,8 @@ def fit_stage(method, ctx: TrialContext, stages: StageCache | None, key: str | N
         return out
 
 
-def new_class_accuracy(ctx: TrialContext, base_top1: float) -> dict[str, float]:
+def new_class_accuracy(ctx: TrialContext, base_top1: float, predictions: Predictions | None = None
+                       ) -> dict[str, float]:
     """Base-to-new: re-target the text-based head to the other half of the classes and test on them."""
     if not hasattr(ctx.clf.head, "for_classes") or len(ctx.clf.logit_terms):
         raise BenchError(f"stack '{ctx.spec.stack}' cannot classify classes it was not trained on: base-to-new "
@@ -155,12 +192,13 @@ def new_class_accuracy(ctx: TrialContext, base_top1: float) -> dict[str, float]:
     full, _ = load_fewshot(ctx.spec.dataset, ctx.spec.data_root, ctx.spec.shots, ctx.spec.seed)
     ctx.switch_data(subsample_classes(full, "new"))
     ctx.clf.head = ctx.clf.head.for_classes(ctx.data.classnames, ctx)
-    new_top1, _ = evaluate(ctx, "test")
+    new_top1, _ = evaluate(ctx, "test", keep=predictions.keeper("new") if predictions else None)
     hm = 2 * base_top1 * new_top1 / (base_top1 + new_top1) if base_top1 + new_top1 else 0.0
     return {"top1_new": new_top1, "hm": hm}
 
 
-def shift_accuracies(ctx: TrialContext, spec: TrialSpec) -> dict[str, float]:
+def shift_accuracies(ctx: TrialContext, spec: TrialSpec, predictions: Predictions | None = None
+                     ) -> dict[str, float]:
     """Domain shift: test the trained classifier on each target dataset, scored over the target's classes."""
     source = ctx.data
     out = {}
@@ -168,7 +206,8 @@ def shift_accuracies(ctx: TrialContext, spec: TrialSpec) -> dict[str, float]:
         data = get_dataset(target).read(spec.data_root)
         mapping = shift_label_map(source, data)
         ctx.switch_data(data)
-        out[f"top1.{target}"], _ = evaluate(ctx, "test", mapping.select)
+        keep = predictions.keeper(target) if predictions else None
+        out[f"top1.{target}"], _ = evaluate(ctx, "test", mapping.select, keep=keep)
     ctx.switch_data(source)
     return out
 
