@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import zlib
-from typing import Callable, Iterable
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -28,7 +28,8 @@ import pandas as pd
 DEFAULT_REPS = 2000
 LEVEL = 0.95
 EVAL_SET_OF_METRIC = {"top1": "test", "top1_new": "new"}  # hm: no interval
-_BLOCK = 1 << 22  # elements gathered per block of replicates (memory stays ~16 MB)
+_BLOCK = 1 << 22  # image counts drawn per block of replicates
+_KEEP = 1 << 24  # test sets whose draws (reps x images, 2 bytes each) stay in memory
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,22 +48,50 @@ def label_column(rows: pd.DataFrame) -> str:
     return "label" if "label" in rows.columns else "stack"
 
 
+class Resampler:
+    """The bootstrap draws for one test set of ``n_images`` seen by ``n_seeds`` seeds: per replicate, how
+    often each image is drawn (N draws with replacement) and which seeds are drawn. Every row of the same
+    test set is resampled with the same draws; they are kept in memory for test sets of moderate size and
+    drawn again, identically, from the generator's saved state for large ones."""
+
+    def __init__(self, rng: np.random.Generator, n_seeds: int, n_images: int, reps: int):
+        self.bit_generator = type(rng.bit_generator)
+        self.state = rng.bit_generator.state
+        self.n_seeds, self.n_images, self.reps = n_seeds, n_images, reps
+        self._kept = list(self._blocks()) if reps * n_images <= _KEEP else None
+
+    def _blocks(self):
+        bits = self.bit_generator()
+        bits.state = self.state
+        rng = np.random.Generator(bits)
+        n = self.n_images
+        block = max(1, _BLOCK // n)
+        for start in range(0, self.reps, block):
+            r = min(block, self.reps - start)
+            images = rng.integers(0, n, (r, n)) + n * np.arange(r)[:, None]
+            counts = np.bincount(images.ravel(), minlength=r * n).reshape(r, n).astype(np.uint16)
+            seeds = rng.integers(0, self.n_seeds, (r, self.n_seeds)) if self.n_seeds > 1 else None
+            yield counts, seeds
+
+    def replicates(self, scores: np.ndarray) -> np.ndarray:
+        """Replicates (percent) of the mean of ``scores`` [seeds, images]."""
+        scores = np.asarray(scores, dtype=np.float32)
+        if scores.shape != (self.n_seeds, self.n_images):
+            raise ValueError(f"scores of shape {scores.shape}, draws for {(self.n_seeds, self.n_images)}")
+        out = []
+        for counts, seeds in self._kept if self._kept is not None else self._blocks():
+            per_seed = (counts.astype(np.float32) @ scores.T).astype(np.float64) / self.n_images  # [r, seeds]
+            if seeds is not None:
+                per_seed = np.take_along_axis(per_seed, seeds, axis=1)
+            out.append(per_seed.mean(1))
+        return 100.0 * np.concatenate(out)
+
+
 def replicates(scores: np.ndarray, reps: int, rng: np.random.Generator) -> np.ndarray:
     """Bootstrap replicates (percent) of the mean of ``scores`` [seeds, images]: images drawn once per
     replicate and shared by every seed, seeds drawn too when there are several."""
-    scores = np.asarray(scores, dtype=np.float32)
-    n_seeds, n_images = scores.shape
-    block = max(1, _BLOCK // (n_seeds * n_images))
-    out = []
-    for start in range(0, reps, block):
-        r = min(block, reps - start)
-        images = rng.integers(0, n_images, (r, n_images))
-        per_seed = scores[:, images].mean(-1, dtype=np.float64).T  # [r, seeds]
-        if n_seeds > 1:
-            seeds = rng.integers(0, n_seeds, (r, n_seeds))
-            per_seed = np.take_along_axis(per_seed, seeds, axis=1)
-        out.append(per_seed.mean(1))
-    return 100.0 * np.concatenate(out)
+    scores = np.asarray(scores)
+    return Resampler(rng, *scores.shape, reps).replicates(scores)
 
 
 def interval(estimate: float, reps: np.ndarray, level: float = LEVEL) -> Interval:
@@ -94,6 +123,15 @@ class PredictionScores:
     def __init__(self, read_predictions: Callable[[str], pd.DataFrame | None]):
         self.read = read_predictions
         self._frames: dict[str, pd.DataFrame | None] = {}
+        self._correct: dict[tuple, tuple | None] = {}
+        self._resamplers: dict[tuple, Resampler] = {}
+
+    def resampler(self, seed: int, dataset: str, metric: str, n_seeds: int, n_images: int, reps: int) -> Resampler:
+        """The draws of one test set, shared by every row and gain of it in this report."""
+        key = (seed, dataset, metric, n_seeds, n_images, reps)
+        if key not in self._resamplers:
+            self._resamplers[key] = Resampler(cell_rng(seed, dataset, metric), n_seeds, n_images, reps)
+        return self._resamplers[key]
 
     def _frame(self, trial_id: str) -> pd.DataFrame | None:
         if trial_id not in self._frames:
@@ -102,6 +140,12 @@ class PredictionScores:
 
     def correct(self, row, metric: str) -> tuple[np.ndarray, np.ndarray] | None:
         """(labels, correct) in split order for one row's metric, or None when the trial kept none."""
+        key = (row.trial_id, row.dataset, metric)
+        if key not in self._correct:
+            self._correct[key] = self._read_correct(row, metric)
+        return self._correct[key]
+
+    def _read_correct(self, row, metric: str) -> tuple[np.ndarray, np.ndarray] | None:
         if metric not in EVAL_SET_OF_METRIC:
             return None
         frame = self._frame(row.trial_id)
@@ -135,10 +179,9 @@ class PredictionScores:
         return tuple(seeds), np.stack(rows)
 
 
-def _cells(rows: pd.DataFrame, label: str, datasets: Iterable[str]):
-    key = label_column(rows)
-    for dataset in datasets:
-        yield dataset, rows[(rows[key] == label) & (rows["dataset"] == dataset)]
+def _cells(rows: pd.DataFrame) -> dict[tuple[str, str], pd.DataFrame]:
+    """(row label, dataset) -> that cell's rows."""
+    return {key: group for key, group in rows.groupby([label_column(rows), "dataset"], sort=False)}
 
 
 def _with_average(per_dataset: dict[str, tuple[float, np.ndarray] | None], columns: list[str],
@@ -157,13 +200,15 @@ def accuracy_intervals(rows: pd.DataFrame, scores: PredictionScores, metric: str
     a frame of :class:`Interval` (None where predictions are missing)."""
     key = label_column(rows)
     datasets = list(dict.fromkeys(rows["dataset"]))
+    cells = _cells(rows)
     table = {}
     for label in dict.fromkeys(rows[key]):
         per = {}
-        for dataset, cell in _cells(rows, label, datasets):
-            got = scores.matrix(cell, metric) if not cell.empty else None
+        for dataset in datasets:
+            cell = cells.get((label, dataset))
+            got = scores.matrix(cell, metric) if cell is not None else None
             per[dataset] = None if got is None else (
-                100.0 * got[1].mean(), replicates(got[1], reps, cell_rng(seed, dataset, metric)))
+                100.0 * got[1].mean(), scores.resampler(seed, dataset, metric, *got[1].shape, reps).replicates(got[1]))
         table[label] = _with_average(per, [*datasets, "Average"], level)
     return pd.DataFrame(table).T.reindex(columns=[*datasets, "Average"])
 
@@ -174,16 +219,22 @@ def gain_intervals(rows: pd.DataFrame, gains: pd.DataFrame, scores: PredictionSc
     ``gains``; None where a cell has no interval)."""
     columns = list(gains.columns)
     datasets = [c for c in columns if c != "Average"]
+    cells = _cells(rows)
     table = {}
     for name in gains.index:
         a, b = str(name).split(" vs ", 1)
         per = {}
-        for (dataset, cell_a), (_, cell_b) in zip(_cells(rows, a, datasets), _cells(rows, b, datasets)):
+        for dataset in datasets:
+            cell_a, cell_b = cells.get((a, dataset)), cells.get((b, dataset))
+            if cell_a is None or cell_b is None:
+                per[dataset] = None
+                continue
             got_a, got_b = scores.matrix(cell_a, metric), scores.matrix(cell_b, metric)
             if got_a is None or got_b is None or got_a[0] != got_b[0] or got_a[1].shape != got_b[1].shape:
                 per[dataset] = None
                 continue
             diff = got_a[1].astype(np.float32) - got_b[1].astype(np.float32)
-            per[dataset] = 100.0 * diff.mean(), replicates(diff, reps, cell_rng(seed, dataset, metric))
+            draws = scores.resampler(seed, dataset, metric, *diff.shape, reps)
+            per[dataset] = 100.0 * diff.mean(), draws.replicates(diff)
         table[name] = _with_average(per, columns, level)
     return pd.DataFrame(table, columns=list(gains.index)).T.reindex(index=gains.index, columns=columns)
