@@ -86,7 +86,7 @@ def run(
     rows = rows[rows.trial_id.isin(ids)]
     n_ok, n_failed = int((rows.status == "ok").sum()), int((rows.status != "ok").sum())
     if report_after and n_ok:
-        _print_report(rows, None, Format.table, std=False, folder=folder)
+        _print_report(rows, None, Format.table, std=False, scores=_scores(folder))
     short = rows.extras.fillna("").str.contains("classes_with_fewer_than_k")
     if short.any():
         err.print(f"warning: {int(short.sum())} trials had classes with fewer than K train images; "
@@ -119,20 +119,25 @@ def _run_locked(folder, specs, suite, *, retry_failed, address, cpus_per_trial, 
         err.print("interrupted: finished trials are kept")
 
 
-def _print_report(rows, shots, fmt: Format, std: bool, compare: Optional[str] = None, folder=None) -> None:
-    for title, header, body, gain, k, mean, metric in _report_tables(rows, shots, std, folder):
+def _print_report(rows, shots, fmt: Format, std: bool, compare: Optional[str] = None, scores=None) -> None:
+    for title, header, body, gain, k, mean, metric in _report_tables(rows, shots, std, scores):
         _emit(title, header, body, gain, fmt)
         if compare and metric == "top1":
             _print_comparison(rows, mean, k, fmt)
 
 
-def _report_tables(rows, shots, std: bool, folder=None):
+def _scores(folder):
+    from .intervals import PredictionScores
+
+    return PredictionScores(folder.read_predictions)
+
+
+def _report_tables(rows, shots, std: bool, scores=None):
     """(title, header, body, gain rows, shots, mean table, metric) per metric and shot count; gain rows carry
-    paired-bootstrap intervals where the run folder kept the trials' predictions."""
-    from .intervals import PredictionScores, gain_intervals
+    paired-bootstrap intervals where the trials kept their predictions (``scores``)."""
+    from .intervals import gain_intervals
     from .report import accuracy_tables, gain_rows, metrics_of, text_rows
 
-    scores = PredictionScores(folder.read_predictions) if folder is not None else None
     for metric, caption in metrics_of(rows):
         for k, (mean, sd) in accuracy_tables(rows, shots, metric).items():
             gains = gain_rows(mean)
@@ -215,23 +220,24 @@ def report(
     if not (rows.status == "ok").any():
         raise BenchError(f"run '{run_name}' has no successful trials; see `bench report --run {run_name} --errors`")
     folder = RunFolder(results, run_name)
-    _print_report(rows, shots, fmt, std, compare, folder)
+    scores = _scores(folder)
+    _print_report(rows, shots, fmt, std, compare, scores)
     if plot or html_path:
-        _write_figures_and_html(rows, folder, shots, std, plot, html_path)
+        _write_figures_and_html(rows, folder, scores, shots, std, plot, html_path)
 
 
-def _write_figures_and_html(rows, folder, shots, std: bool, plot: Optional[Path], html_path: Optional[Path]) -> None:
+def _write_figures_and_html(rows, folder, scores, shots, std: bool, plot: Optional[Path],
+                            html_path: Optional[Path]) -> None:
     from .figures import report_figures, save_figures
     from .html_report import html_document, write_html
-    from .intervals import PredictionScores
     from .report import errors_table
 
     chosen = rows if shots is None else rows[(rows.shots == shots) | (rows.status != "ok")]
-    figures = report_figures(chosen, PredictionScores(folder.read_predictions), folder.artifact_dir)
+    figures = report_figures(chosen, scores, folder.artifact_dir)
     for path in save_figures(figures, plot) if plot else []:
         err.print(f"wrote {path}")
     if html_path:
-        tables = [t[:4] for t in _report_tables(rows, shots, std, folder)]
+        tables = [t[:4] for t in _report_tables(rows, shots, std, scores)]
         err.print(f"wrote {write_html(html_path, html_document(folder.run, tables, figures, rows, errors_table(rows)))}")
 
 

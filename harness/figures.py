@@ -171,7 +171,8 @@ def curves_figure(ok: pd.DataFrame, metric: str, caption: str) -> Figure:
 
 def _legend(fig: Figure, ax, n: int) -> None:
     handles, labels = ax.get_legend_handles_labels()
-    ncol = min(n, 6)
+    longest = max((len(label) for label in labels), default=10)
+    ncol = max(1, min(n, 6, int(fig.get_figwidth() / (0.085 * longest + 0.7))))
     rows = math.ceil(n / max(ncol, 1))
     fig.legend(handles, labels, loc="lower center", ncol=ncol, frameon=False, fontsize=9)
     fig.tight_layout(rect=(0, min(0.35, 0.05 + 0.045 * rows * 4.6 / fig.get_figheight()), 1, 1))

@@ -16,22 +16,23 @@ from .figures import png_bytes
 from .intervals import label_column
 
 _STYLE = """
-body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1200px; padding: 0 1em; color: #222; }
+body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1500px; padding: 0 1em; color: #222; }
 h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 1px solid #ddd; }
 table { border-collapse: collapse; margin: 0.6em 0 1.2em; font-variant-numeric: tabular-nums; }
-th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: right; vertical-align: top; }
+th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: right; vertical-align: top; white-space: nowrap; }
+.scroll { overflow-x: auto; }
 th:first-child, td:first-child { text-align: left; }
 tr.gain td { color: #555; background: #fafafa; } td.real { font-weight: bold; color: #064; }
 caption { caption-side: top; text-align: left; font-weight: 600; padding: 4px 0; }
 figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
-td.error { text-align: left; font-family: monospace; white-space: pre-wrap; max-width: 40em; }
+td.error { text-align: left; font-family: monospace; white-space: pre-wrap !important; max-width: 40em; }
 .note { color: #555; font-size: 0.92em; }
 """
 
 
 def _table(caption: str, header: list[str], body: list[list[str]], gain: list[list[str]] = (),
            css: str = "results") -> str:
-    out = [f'<table class="{css}"><caption>{html.escape(caption)}</caption><thead><tr>']
+    out = [f'<div class="scroll"><table class="{css}"><caption>{html.escape(caption)}</caption><thead><tr>']
     out += [f"<th>{html.escape(str(h))}</th>" for h in header]
     out.append("</tr></thead><tbody>")
     for cls, rows in (("", body), ("gain", gain)):
@@ -44,7 +45,7 @@ def _table(caption: str, header: list[str], body: list[list[str]], gain: list[li
                                                       else "")
                 out.append(f"<td{klass}>{html.escape(text)}</td>")
             out.append("</tr>")
-    out.append("</tbody></table>")
+    out.append("</tbody></table></div>")
     return "".join(out)
 
 
