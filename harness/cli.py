@@ -86,7 +86,7 @@ def run(
     rows = every[every.trial_id.isin(ids)]
     n_ok, n_failed = int((rows.status == "ok").sum()), int((rows.status != "ok").sum())
     if report_after and n_ok:
-        _print_report(rows, None, Format.table, std=False)
+        _print_report(rows, None, Format.table, std=False, scores=_scores(folder))
     others = every[~every["trial_id"].isin(ids) & every["dataset"].isin({s.dataset for s in specs})
                    & every["stack"].isin({s.stack for s in specs})]
     if len(others):
@@ -128,7 +128,23 @@ def _run_locked(folder, specs, suite, *, retry_failed, address, cpus_per_trial, 
         err.print("interrupted: finished trials are kept")
 
 
-def _print_report(rows, shots, fmt: Format, std: bool, compare: Optional[str] = None) -> None:
+def _print_report(rows, shots, fmt: Format, std: bool, compare: Optional[str] = None, scores=None) -> None:
+    for title, header, body, gain, k, mean, metric in _report_tables(rows, shots, std, scores):
+        _emit(title, header, body, gain, fmt)
+        if compare and metric == "top1":
+            _print_comparison(rows, mean, k, fmt)
+
+
+def _scores(folder):
+    from .intervals import PredictionScores
+
+    return PredictionScores(folder.read_predictions)
+
+
+def _report_tables(rows, shots, std: bool, scores=None):
+    """(title, header, body, gain rows, shots, mean table, metric) per metric and shot count; gain rows carry
+    paired-bootstrap intervals where the trials kept their predictions (``scores``)."""
+    from .intervals import gain_intervals
     from .report import accuracy_tables, gain_rows, metrics_of, table_rows, text_rows
 
     rows, note = table_rows(rows)
@@ -138,11 +154,13 @@ def _print_report(rows, shots, fmt: Format, std: bool, compare: Optional[str] = 
         raise BenchError("no rows left to report after setting aside rows made on other data")
     for metric, caption in metrics_of(rows):
         for k, (mean, sd) in accuracy_tables(rows, shots, metric).items():
+            gains = gain_rows(mean)
+            ci = gain_intervals(rows[(rows.status == "ok") & (rows.shots == k)], gains, scores, metric) \
+                if scores is not None and len(gains) else None
             title = f"{k}-shot {caption}, mean over seeds"
-            header, body, gain = text_rows(mean, sd if std else None, gain_rows(mean))
-            _emit(title, header, body, gain, fmt)
-            if compare and metric == "top1":
-                _print_comparison(rows, mean, k, fmt)
+            if ci is not None and ci.notna().any().any():
+                title += "; gains [95% paired-bootstrap interval], * = excludes 0"
+            yield (title, *text_rows(mean, sd if std else None, gains, ci), k, mean, metric)
 
 
 def _number(value, signed: bool = False) -> str:
@@ -186,13 +204,15 @@ def report(
     shots: Optional[int] = typer.Option(None, help="Only this shot count."),
     fmt: Format = typer.Option(Format.table, "--format", help="table, markdown, csv or latex."),
     std: bool = typer.Option(False, "--std", help="Show the standard deviation over seeds."),
-    plot: Optional[Path] = typer.Option(None, help="Write few-shot curves to this PNG file."),
+    plot: Optional[Path] = typer.Option(None, help="Write the figures to this PNG file (accuracies) and beside it "
+                                        "(<name>_gains.png, <name>_masks.png)."),
+    html_path: Optional[Path] = typer.Option(None, "--html", help="Write one self-contained HTML report here."),
     errors: bool = typer.Option(False, "--errors", help="List failed trials with their error."),
     compare: Optional[str] = typer.Option(None, help="'paper': put the published numbers beside the cells."),
 ):
     """Paper-style tables of a run: mean over seeds per stack and dataset, Average, gain rows."""
-    from .report import errors_table, load_rows, plot_curves
-    from .results import list_runs
+    from .report import errors_table, load_rows
+    from .results import RunFolder, list_runs
 
     if run_name is None:
         runs = list_runs(results)
@@ -213,9 +233,29 @@ def report(
         return
     if not (rows.status == "ok").any():
         raise BenchError(f"run '{run_name}' has no successful trials; see `bench report --run {run_name} --errors`")
-    _print_report(rows, shots, fmt, std, compare)
-    if plot:
-        err.print(f"wrote {plot_curves(rows, plot)}")
+    folder = RunFolder(results, run_name)
+    scores = _scores(folder)
+    _print_report(rows, shots, fmt, std, compare, scores)
+    if plot or html_path:
+        _write_figures_and_html(rows, folder, scores, shots, std, plot, html_path)
+
+
+def _write_figures_and_html(rows, folder, scores, shots, std: bool, plot: Optional[Path],
+                            html_path: Optional[Path]) -> None:
+    from .figures import report_figures, save_figures
+    from .html_report import html_document, write_html
+    from .report import errors_table
+
+    from .report import table_rows
+
+    chosen, _ = table_rows(rows)
+    chosen = chosen if shots is None else chosen[chosen.shots == shots]
+    figures = report_figures(chosen, scores, folder.artifact_dir)
+    for path in save_figures(figures, plot) if plot else []:
+        err.print(f"wrote {path}")
+    if html_path:
+        tables = [t[:4] for t in _report_tables(rows, shots, std, scores)]
+        err.print(f"wrote {write_html(html_path, html_document(folder.run, tables, figures, rows, errors_table(rows)))}")
 
 
 @app.command("list")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import socket
 import traceback
 from typing import Any, Callable
@@ -42,7 +43,8 @@ def execute_trial(spec: TrialSpec, progress: Callable[[str], None] = lambda m: N
     folder = RunFolder(spec.results, spec.run)
     try:
         row = {**spec_fields(spec), "hostname": socket.gethostname(),
-               **run_trial(spec, progress, artifact_dir=folder.artifact_dir(spec.trial_id))}
+               **run_trial(spec, progress, artifact_dir=folder.artifact_dir(spec.trial_id),
+                          keep_predictions=functools.partial(folder.write_predictions, spec.trial_id))}
     except BenchError as err:
         row = error_row(spec, str(err))
     except Exception as err:  # a bug or a resource problem inside one trial must not end the run

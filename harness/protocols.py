@@ -16,7 +16,7 @@ from .data.classes import shift_label_map, subsample_classes
 from .errors import BenchError
 from .registry import suggest
 
-Score = Callable[..., tuple[float, int]]  # score(split, select=None) -> (top-1 %, n images)
+Score = Callable[..., tuple[float, int]]  # score(split, select=None, name=eval set) -> (top-1 %, n images)
 
 
 def harmonic_mean(a: float, b: float) -> float:
@@ -68,7 +68,7 @@ class BaseToNew(Protocol):
         full, _ = load_fewshot(spec.dataset, spec.data_root, spec.shots, spec.seed)
         ctx.switch_data(subsample_classes(full, "new"))
         ctx.clf.head = head.for_classes(ctx.data.classnames, ctx)
-        new_top1, _ = score("test")
+        new_top1, _ = score("test", name="new")
         return {"top1_new": new_top1, "hm": harmonic_mean(top1, new_top1)}, {}
 
 
@@ -82,7 +82,7 @@ class Shift(Protocol):
             data = get_dataset(target).read(spec.data_root)
             mapping = shift_label_map(source, data)
             ctx.switch_data(data)
-            out[f"top1.{target}"], _ = score("test", mapping.select)
+            out[f"top1.{target}"], _ = score("test", mapping.select, name=target)
         ctx.switch_data(source)
         return {}, out
 

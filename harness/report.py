@@ -1,11 +1,10 @@
-"""Paper-style tables from a run's rows: stacks x datasets (+ Average) per shot count, gain rows,
-and few-shot curves."""
+"""Paper-style tables from a run's rows: stacks x datasets (+ Average) per shot count, and gain rows
+(with paired-bootstrap intervals when the trials kept their predictions, see :mod:`bench.intervals`)."""
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
-from pathlib import Path
 
 import pandas as pd
 
@@ -183,8 +182,8 @@ def _label_order(labels) -> list[str]:
 
 def accuracy_tables(rows: pd.DataFrame, shots: int | None = None, metric: str = "top1"):
     """{shots: (mean table, std table)}; rows = labels (stack and configuration), columns = datasets +
-    Average; cells are means over seeds. ``rows`` come from :func:`table_rows`."""
-    ok = rows
+    Average; cells are means over seeds. ``rows`` from :func:`table_rows` (raw rows go through it)."""
+    ok = rows if "label" in rows else table_rows(rows)[0]
     if shots is not None:
         ok = ok[ok["shots"] == shots]
         if ok.empty:
@@ -231,11 +230,20 @@ def _cell(value: float, std: float | None = None, signed: bool = False) -> str:
     return text
 
 
-def text_rows(mean: pd.DataFrame, std: pd.DataFrame | None, gains: pd.DataFrame) -> tuple[list, list, list]:
+def _gain_cell(value: float, ci) -> str:
+    """A gain with its interval, ``+10.3 [+8.1, +12.6]``, starred when the interval excludes 0."""
+    if ci is None or (isinstance(value, float) and math.isnan(value)):
+        return _cell(value, signed=True)
+    return f"{value:+.1f} [{ci.low:+.1f}, {ci.high:+.1f}]" + ("*" if ci.excludes_zero else "")
+
+
+def text_rows(mean: pd.DataFrame, std: pd.DataFrame | None, gains: pd.DataFrame,
+              intervals: pd.DataFrame | None = None) -> tuple[list, list, list]:
     header = ["method", *mean.columns]
     body = [[stack, *(_cell(mean.at[stack, c], None if std is None else std.at[stack, c]) for c in mean.columns)]
             for stack in mean.index]
-    gain = [[label, *(_cell(gains.at[label, c], signed=True) for c in gains.columns)] for label in gains.index]
+    gain = [[label, *(_gain_cell(gains.at[label, c], None if intervals is None else intervals.at[label, c])
+                      for c in gains.columns)] for label in gains.index]
     return header, body, gain
 
 
@@ -279,51 +287,3 @@ def errors_table(rows: pd.DataFrame) -> list[list[str]]:
     bad = rows[rows["status"] != "ok"]
     return [[str(r.trial_id), r.dataset, str(r.shots), str(r.seed), r.stack, str(r.error)]
             for r in bad.itertuples()]
-
-
-# -- plots -------------------------------------------------------------------------------------------
-def plot_curves(rows: pd.DataFrame, path: Path, metric: str = "top1") -> Path:
-    """Few-shot curves: accuracy vs shots, one panel per dataset plus the average."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ok, _ = table_rows(rows) if "label" not in rows else (rows, None)
-    datasets = [d for d in _dataset_order(ok)]
-    per_seed = ok.groupby(["label", "dataset", "shots"])[metric].agg(["mean", "std"]).reset_index()
-    panels = datasets + ["Average"]
-    cols = min(4, len(panels))
-    nrows = math.ceil(len(panels) / cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(4 * cols, 3.3 * nrows), squeeze=False)
-    stacks = _label_order(ok["label"])
-    colours = plt.get_cmap("tab10")
-    for ax, panel in zip(axes.flat, panels):
-        for i, stack in enumerate(stacks):
-            sub = per_seed[per_seed["label"] == stack]
-            if panel == "Average":
-                piv = sub.pivot(index="shots", columns="dataset", values="mean").reindex(columns=datasets)
-                curve = piv.mean(axis=1, skipna=False).dropna()
-                x, y, e = curve.index, curve.values, None
-            else:
-                sub = sub[sub.dataset == panel].sort_values("shots")
-                x, y, e = sub.shots, sub["mean"], sub["std"].fillna(0)
-            if len(x):
-                style = "--" if stack == "zeroshot" else "-"
-                ax.errorbar(x, y, yerr=e, label=stack, marker="o", ms=3, ls=style, color=colours(i % 10),
-                            capsize=2)
-        ax.set_title(panel)
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("shots per class")
-        ax.set_ylabel("top-1 (%)")
-        ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(panels):]:
-        ax.axis("off")
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), frameon=False)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path

@@ -62,6 +62,7 @@ class RunFolder:
             self.fs, base = pafs.LocalFileSystem(), str(Path(results).expanduser().resolve())
         self.root = f"{base}/{run}"
         self.trials = f"{self.root}/trials"
+        self.predictions = f"{self.root}/predictions"  # beside trials/, which is read as one dataset
 
     @property
     def is_local(self) -> bool:
@@ -122,6 +123,20 @@ class RunFolder:
         tmp = f"{self.trials}/.tmp-{row['trial_id']}-{uuid.uuid4().hex}.parquet"
         pq.write_table(table, tmp, filesystem=self.fs)
         self.fs.move(tmp, final)  # a rename on local and shared file systems: atomic
+
+    def write_predictions(self, trial_id: str, table: pa.Table) -> None:
+        """Keep a trial's test predictions (atomically, like rows); written before its row."""
+        self.fs.create_dir(self.predictions, recursive=True)
+        tmp = f"{self.predictions}/.tmp-{trial_id}-{uuid.uuid4().hex}.parquet"
+        pq.write_table(table, tmp, filesystem=self.fs)
+        self.fs.move(tmp, f"{self.predictions}/{trial_id}.parquet")
+
+    def read_predictions(self, trial_id: str) -> pd.DataFrame | None:
+        """A trial's test predictions, or None for trials that did not keep them."""
+        path = f"{self.predictions}/{trial_id}.parquet"
+        if self.fs.get_file_info(path).type != pafs.FileType.File:
+            return None
+        return pq.read_table(path, filesystem=self.fs).to_pandas()
 
     def read(self) -> pd.DataFrame:
         """All rows of the run (empty frame with the schema's columns when there are none).

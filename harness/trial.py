@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 from . import __version__
@@ -63,24 +64,56 @@ def build_context(spec: TrialSpec, progress: Callable[[str], None] = lambda m: N
     return ctx
 
 
+class Predictions:
+    """Per test image of every set a trial is scored on: its index in the split, true and predicted class.
+
+    ``eval_set`` names the set: ``test`` (the trial's own), ``new`` (base-to-new's new classes) or a
+    shift target's dataset name. Kept so that intervals and later analyses need no rerun."""
+
+    SCHEMA = pa.schema([("eval_set", pa.string()), ("index", pa.int32()), ("label", pa.int32()),
+                        ("predicted", pa.int32())])
+
+    def __init__(self) -> None:
+        self.parts: list[pa.Table] = []
+
+    def keeper(self, eval_set: str) -> Callable[[torch.Tensor, torch.Tensor], None]:
+        def keep(labels: torch.Tensor, predicted: torch.Tensor) -> None:
+            n = len(labels)
+            self.parts.append(pa.table({"eval_set": pa.array([eval_set] * n, pa.string()),
+                                        "index": pa.array(np.arange(n, dtype=np.int32)),
+                                        "label": pa.array(labels.cpu().numpy().astype(np.int32)),
+                                        "predicted": pa.array(predicted.cpu().numpy().astype(np.int32))},
+                                       schema=self.SCHEMA))
+        return keep
+
+    def table(self) -> pa.Table:
+        return pa.concat_tables(self.parts) if self.parts else self.SCHEMA.empty_table()
+
+
 @torch.no_grad()
-def evaluate(ctx: TrialContext, split: str, select: Callable = lambda logits: logits) -> tuple[float, int]:
+def evaluate(ctx: TrialContext, split: str, select: Callable = lambda logits: logits,
+             keep: Callable[[torch.Tensor, torch.Tensor], None] | None = None) -> tuple[float, int]:
     """Top-1 accuracy (percent) of the current classifier on a split, and the split's size.
 
-    ``select`` picks the logit columns that are scored (e.g. a shifted dataset's own classes)."""
+    ``select`` picks the logit columns that are scored (e.g. a shifted dataset's own classes); ``keep``
+    receives the labels and predicted classes, in split order."""
     if not ctx.split(split):
         return float("nan"), 0
     ctx.clf.eval()
     feats = ctx.features(split)[0]
     labels = ctx.labels(split)
-    correct = sum(int((select(ctx.clf.logits_from_features(f)).argmax(-1) == y).sum())
-                  for f, y in zip(feats.split(500), labels.split(500)))
-    return 100.0 * correct / len(labels), len(labels)
+    predicted = torch.cat([select(ctx.clf.logits_from_features(f)).argmax(-1) for f in feats.split(500)])
+    if keep is not None:
+        keep(labels, predicted)
+    return 100.0 * int((predicted == labels).sum()) / len(labels), len(labels)
 
 
 def run_trial(spec: TrialSpec, progress: Callable[[str], None] = lambda m: None,
-              artifact_dir: Path | None = None) -> dict[str, Any]:
-    """Run one trial and return its result row (raises on failure; the caller records errors)."""
+              artifact_dir: Path | None = None,
+              keep_predictions: Callable[[pa.Table], None] | None = None) -> dict[str, Any]:
+    """Run one trial and return its result row (raises on failure; the caller records errors).
+
+    ``keep_predictions`` receives the test predictions (:class:`Predictions`) before the row is returned."""
     started = dt.datetime.now(dt.timezone.utc)
     if not spec.data_fingerprint:  # a spec made by hand rather than by planning
         spec = fingerprinted(spec, cache_dir=spec.cache_dir)
@@ -110,13 +143,17 @@ def run_trial(spec: TrialSpec, progress: Callable[[str], None] = lambda m: None,
             ctx.encoder_id = module_fingerprint(ctx.clf.model.visual)
     fit_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
+    predictions = Predictions()
     val_top1, _ = evaluate(ctx, "val")
-    top1, n_test = evaluate(ctx, "test")
+    top1, n_test = evaluate(ctx, "test", keep=predictions.keeper("test"))
     fields, extras = get_protocol(spec.protocol).extra_metrics(
-        ctx, spec, top1, lambda split, select=lambda logits: logits: evaluate(ctx, split, select))
+        ctx, spec, top1, lambda split, select=lambda logits: logits, name="test":
+        evaluate(ctx, split, select, keep=predictions.keeper(name)))
     row.update(fields)
     row["extras"].update(extras)
     eval_seconds = time.perf_counter() - t0
+    if keep_predictions is not None:
+        keep_predictions(predictions.table())
     row.update(
         status="ok", error=None, top1=top1, val_top1=val_top1, n_train=len(ctx.data.train), n_test=n_test,
         trainable_params=trainable, fit_seconds=fit_seconds, eval_seconds=eval_seconds,
