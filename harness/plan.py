@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
 from typing import Any
 
-from .data.catalog import get_dataset
+from .data.catalog import canonical_entry, check_data, get_dataset
 from .errors import BenchError
 from .registry import get_method, parse_stack
 from .results import check_run_name
@@ -36,17 +35,6 @@ def parse_sets(items: list[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def check_data(dataset, data_root: str | None) -> None:
-    """Fail before any trial starts when a dataset or its split file is missing or unreadable."""
-    if dataset.synthetic and not (data_root and (Path(data_root) / dataset.folder).is_dir()):
-        return  # generated on first use
-    if data_root is not None and not Path(data_root).expanduser().is_dir():
-        raise BenchError(f"--data-root {data_root} does not exist; point it at the folder that holds the datasets")
-    dataset.locate(Path(data_root) if data_root else None)
-    if dataset.split_file:
-        dataset.read(Path(data_root))  # parses the split file: a broken one fails here, in one line
-
-
 def default_device() -> str:
     import torch
 
@@ -62,7 +50,7 @@ def plan_trials(suite: Suite, *, run: str, results: str, methods: list[str] | No
     stacks = [s.strip() for s in (methods or suite.methods)]
     for stack in stacks:
         parse_stack(stack)
-    datasets = datasets or suite.datasets
+    datasets = [canonical_entry(d) for d in (datasets or suite.datasets)]
     for name in [*datasets, *suite.shift_targets]:
         check_data(get_dataset(name), data_root)
     shots = shots or suite.shots
@@ -81,7 +69,7 @@ def plan_trials(suite: Suite, *, run: str, results: str, methods: list[str] | No
     preflight(model or suite.model, pretrained or suite.pretrained)
     specs = []
     for dataset, k, seed, stack in itertools.product(datasets, shots, seeds or suite.seeds, stacks):
-        overrides = suite.overrides_for(dataset)
+        overrides = suite.overrides_for(get_dataset(dataset).name)
         for method, values in (sets or {}).items():
             overrides.setdefault(method, {}).update(values)
         in_stack = set(stack.split("+"))

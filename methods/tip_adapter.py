@@ -25,6 +25,14 @@ best *test* accuracy and reports the better of two test numbers; here the search
 on ties since a few-shot val split ties often; or ``select="last"``) read the few-shot val split only, and
 the test split is left to the harness's one final evaluation.
 
+**Prompts.** The official code builds the zero-shot classifier of ImageNet from the 7-template ensemble
+(``IMAGENET_TEMPLATES_SELECT``, :mod:`bench.data.templates`) and of its 10 other datasets from the single
+CoOp template. So on ``imagenet``, when the installed head is still the zero-shot head (no HEAD method ran
+before, e.g. ``tip_adapter``, ``tip_adapter_f``, ``tip_adapter+mask``, ``clip_adapter+tip_adapter``), the
+head is rebuilt from those 7 templates before the cache is fitted: those ImageNet rows change (version 2),
+every other row is as before. Every other dataset keeps its own templates (CoOp's single prompt, or the
+ensemble an own-data table declares); zero-shot, CoOp and mask keep CoOp's single template everywhere.
+
 The "CLIP logits" are the installed head's: ``logit_scale.exp()`` × cosine for the zero-shot head, which is
 the official hard-coded 100 for OpenAI weights (other models use their own learned scale).
 
@@ -43,6 +51,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench import BenchError, Method, Slot
+from bench.classifier import ZeroShotHead
+from bench.data.templates import IMAGENET_TEMPLATES_SELECT
 
 from ._training import n_batches, through_adapters, train_feature_batches
 
@@ -61,6 +71,9 @@ TABLE: dict[str, tuple[float, tuple[float, float], int]] = {
     "ucf101": (3.0, (7.0, 3.0), 20),
 }
 GENERIC = (1.0, (10.0, 5.0), 20)  # any other dataset (syn_* included): see the module docstring
+
+# dataset: the templates of the official zero-shot classifier where they are not the dataset's own.
+OFFICIAL_TEMPLATES: dict[str, tuple[str, ...]] = {"imagenet": IMAGENET_TEMPLATES_SELECT}
 
 
 @dataclasses.dataclass
@@ -134,7 +147,7 @@ class _TipBase(Method):
     """Shared by Tip-Adapter and Tip-Adapter-F: cache construction, installation and the search."""
 
     slot = Slot.LOGIT_TERM
-    version = "1"
+    version = "2"  # 2: ImageNet's zero-shot head from the official 7-template ensemble
 
     @classmethod
     def defaults_for(cls, dataset: str, shots: int) -> dict:
@@ -152,6 +165,9 @@ class _TipBase(Method):
         cfg: TipAdapterConfig = self.config
         if cfg.augment_views < 1:
             raise BenchError(f"{self.name}.augment_views must be at least 1, got {cfg.augment_views}")
+        templates = OFFICIAL_TEMPLATES.get(ctx.data.name)
+        if templates and isinstance(clf.head, ZeroShotHead):
+            clf.head = ZeroShotHead(ctx.text_weights(templates=templates), clf.logit_scale).to(ctx.device)
         with torch.no_grad():
             views = ctx.features("train", ctx.train_transform(tuple(cfg.crop_scale)), views=cfg.augment_views,
                                  stream=30)
