@@ -27,7 +27,8 @@ def _discover() -> tuple[dict[str, DatasetDef], dict[str, str], dict[str, str]]:
     found: dict[str, DatasetDef] = {}
     origin: dict[str, str] = {}
     broken: dict[str, str] = {}
-    for ep in entry_points(group=GROUP):
+    own_first = sorted(entry_points(group=GROUP), key=lambda ep: ep.dist is None or ep.dist.name != "bench")
+    for ep in own_first:  # bench's own tables first: a plugin never shadows a built-in name
         package = ep.dist.name if ep.dist is not None else "?"
         try:
             value = ep.load()
