@@ -280,11 +280,15 @@ def list_(what: Kind = typer.Argument(..., help="methods, suites, datasets or mo
             table.add_row(name, s.description, ", ".join(s.datasets), ",".join(map(str, s.shots)),
                           ",".join(map(str, s.seeds)), ", ".join(s.methods))
     elif what == Kind.datasets:
-        from .data.catalog import datasets
+        from .data.catalog import broken_dataset_plugins, dataset_origin, datasets
 
-        table = Table("dataset", "description", "folder", "prompt", "source")
+        table = Table("dataset", "description", "files", "prompt", "source")
         for name, d in sorted(datasets().items()):
-            table.add_row(name, d.title, d.folder, d.template, "generated" if d.synthetic else "--data-root")
+            prompt = d.template if len(d.templates) == 1 else f"{len(d.templates)} templates: {d.template} ..."
+            table.add_row(name, d.title, d.where(), prompt, dataset_origin(name))
+        for name, why in broken_dataset_plugins().items():
+            table.add_row(name, f"[red]failed to load: {why}[/]", "-", "-", "-")
+        table.caption = "any image folder or .csv/.jsonl list is a dataset too: pass its path (docs/datasets.md)"
     else:
         from .models import MODELS
 

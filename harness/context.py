@@ -95,9 +95,11 @@ class TrialContext:
     @torch.no_grad()
     def text_weights(self, classnames: Sequence[str] | None = None, templates: Sequence[str] | None = None,
                      lower: bool = False) -> torch.Tensor:
-        """L2-normalised class text embeddings [C, D]: per template normalise, average, re-normalise."""
+        """L2-normalised class text embeddings [C, D]: per template normalise, average, re-normalise.
+
+        ``templates`` defaults to the dataset's (its single prompt, or the ensemble it declares)."""
         classnames = classnames or self.data.classnames
-        templates = templates or [self.data.template]
+        templates = templates or self.data.templates
         per_template = []
         for template in templates:
             texts = [template.format(prompt_classname(c).lower() if lower else prompt_classname(c))

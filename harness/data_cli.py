@@ -22,21 +22,21 @@ DATA_ROOT_HELP = "Folder holding the datasets in CoOp's layout (imagenet/, calte
 def split_as_json(dataset: str, shots: int, seed: int, data_root: Optional[str]) -> dict:
     """The few-shot train and val images a trial of (dataset, shots, seed) uses, paths relative to the
     dataset's image folder (as in its split file), with labels and class names."""
-    from .data.catalog import get_dataset, load_fewshot
+    from .data.catalog import canonical_entry, get_dataset, load_fewshot
 
     if seed < 0:
         raise BenchError(f"--seed must be a non-negative integer, got {seed}")
+    dataset = canonical_entry(dataset)
     ds = get_dataset(dataset)
     root = Path(data_root).expanduser() if data_root else None
     data, short = load_fewshot(dataset, root, shots, seed)
-    folder = ds.locate(root)
-    base = folder if ds.paths_relative_to_folder else folder / ds.image_dir
+    base = ds.image_root(ds.locate(root))
 
     def rows(items):
         return [[Path(os.path.relpath(d.path, base)).as_posix(), d.label, d.classname] for d in items]
 
     return {
-        "dataset": dataset, "shots": shots, "seed": seed, "image_dir": str(base),
+        "dataset": ds.name, "shots": shots, "seed": seed, "image_dir": str(base),
         "train": rows(data.train), "val": rows(data.val),
         "classes_with_fewer_than_shots": sorted(short),
     }
@@ -56,7 +56,7 @@ def format_split_json(result: dict) -> str:
 
 @data_app.command()
 def split(
-    dataset: str = typer.Option(..., help="Dataset name (see `bench list datasets`)."),
+    dataset: str = typer.Option(..., help="Dataset name (see `bench list datasets`), image folder or .csv/.jsonl list."),
     shots: int = typer.Option(..., help="Images per class (K)."),
     seed: int = typer.Option(..., help="Seed; 1, 2 and 3 pick the same images as CoOp."),
     data_root: Optional[str] = typer.Option(None, help=DATA_ROOT_HELP),
@@ -75,15 +75,17 @@ def split(
     _err.print(f"wrote {out}: {len(result['train'])} train, {len(result['val'])} val images")
 
 
-def _suite_datasets(suite: Optional[str]) -> list[str]:
-    from .data.catalog import datasets
+def _datasets_to_check(suite: Optional[str], names: Optional[str]) -> list[str]:
+    from .data.catalog import canonical_entry, datasets
 
+    if names:
+        return [canonical_entry(n.strip()) for n in names.split(",") if n.strip()]
     if suite is None:
-        return [n for n, d in datasets().items() if not d.synthetic]
+        return [n for n, d in datasets().items() if d.needs_data_root]
     from .suite import load_suite
 
     s = load_suite(suite)
-    return list(dict.fromkeys([*s.datasets, *getattr(s, "shift_targets", [])]))
+    return list(dict.fromkeys([*(canonical_entry(d) for d in s.datasets), *getattr(s, "shift_targets", [])]))
 
 
 _STYLE = {"ok": "green", "missing": "red", "incomplete": "red", "error": "red", "mismatch": "yellow",
@@ -93,14 +95,15 @@ _STYLE = {"ok": "green", "missing": "red", "incomplete": "red", "error": "red", 
 @data_app.command()
 def check(
     suite: Optional[str] = typer.Option(None, help="Only the datasets of this suite (name or .toml path)."),
+    datasets: Optional[str] = typer.Option(None, help="Only these datasets: names, image folders or .csv/.jsonl "
+                                           "lists, comma-separated."),
     data_root: Optional[str] = typer.Option(None, help=DATA_ROOT_HELP),
-    files: bool = typer.Option(True, help="Check that every image listed in a split file exists."),
+    files: bool = typer.Option(True, help="Check that every listed image exists (own data: and can be decoded)."),
 ):
     """Which datasets the data root holds: split sizes against CoOp's, missing files, and what goes where."""
     from .data.catalog import get_dataset
-    from .data.real import REAL, check_dataset
 
-    names = _suite_datasets(suite)
+    names = _datasets_to_check(suite, datasets)
     root = Path(data_root).expanduser() if data_root else None
     if root is not None and not root.is_dir():
         raise BenchError(f"--data-root {root} is not a folder; create it and put the datasets in it "
@@ -113,22 +116,20 @@ def check(
         table.add_column(col, justify="right", no_wrap=True)
     notes: list[tuple[str, str]] = []
     n_ok = 0
-    for name in names:
-        ds = get_dataset(name)
-        if name not in REAL:
-            if ds.synthetic:
-                table.add_row(name, "[cyan]generated[/]", "-", "-", "-", "-", "-")
-                n_ok += 1
-            else:
-                table.add_row(name, "[yellow]unknown layout[/]", "-", "-", "-", "-", "-")
+    for entry in names:
+        ds = get_dataset(entry)
+        name = ds.name
+        res = ds.check(root, check_files=files)
+        n_ok += res.status in ("ok", "generated")
+        if res.status == "generated":
+            table.add_row(name, "[cyan]generated[/]", "-", "-", "-", "-", "-")
             continue
-        res = check_dataset(name, root, check_files=files)
-        n_ok += res.status == "ok"
 
         def cell(split: str) -> str:
             want = res.expected.get(split)
             if split not in res.counts:
-                if name == "imagenet" and split == "val" and res.status not in ("missing", "incomplete", "error"):
+                if split == "val" and (name == "imagenet" or res.val_from_train) and res.status not in (
+                        "missing", "incomplete", "error"):
                     return "= train"
                 return f"[dim]({want})[/]" if want is not None else "-"
             got = res.counts[split]

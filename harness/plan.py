@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from pathlib import Path
 from typing import Any
 
-from .data.catalog import get_dataset
+from .data.catalog import canonical_entry, check_data, get_dataset
 from .errors import BenchError
 from .fingerprint import dataset_fingerprint, fingerprinted
 from .protocols import get_protocol
@@ -39,17 +38,6 @@ def parse_sets(items: list[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def check_data(dataset, data_root: str | None) -> None:
-    """Fail before any trial starts when a dataset or its split file is missing or unreadable."""
-    if dataset.synthetic and not (data_root and (Path(data_root) / dataset.folder).is_dir()):
-        return  # generated on first use
-    if data_root is not None and not Path(data_root).expanduser().is_dir():
-        raise BenchError(f"--data-root {data_root} does not exist; point it at the folder that holds the datasets")
-    dataset.locate(Path(data_root) if data_root else None)
-    if dataset.split_file:
-        dataset.read(Path(data_root))  # parses the split file: a broken one fails here, in one line
-
-
 def default_device() -> str:
     import torch
 
@@ -66,7 +54,7 @@ def plan_trials(suite: Suite, *, run: str, results: str, methods: list[str] | No
     stacks = list(dict.fromkeys(canonical_stack(s) for s in (methods or suite.methods)))
     for stack in stacks:
         protocol.check_stack(stack, parse_stack(stack))
-    datasets = datasets or suite.datasets
+    datasets = [canonical_entry(d) for d in (datasets or suite.datasets)]
     for name in [*datasets, *suite.shift_targets]:
         check_data(get_dataset(name), data_root)
     shots = shots or suite.shots
@@ -99,7 +87,7 @@ def plan_trials(suite: Suite, *, run: str, results: str, methods: list[str] | No
 
     specs = []
     for dataset, k, seed, stack in itertools.product(datasets, shots, seeds or suite.seeds, stacks):
-        overrides = suite.overrides_for(dataset)
+        overrides = suite.overrides_for(get_dataset(dataset).name)
         for method, values in (sets or {}).items():
             overrides.setdefault(method, {}).update(values)
         in_stack = set(stack.split("+"))

@@ -15,7 +15,7 @@ from .protocols import get_protocol
 class Suite:
     name: str
     description: str
-    datasets: list[str]
+    datasets: list[str | dict[str, Any]]  # names, own-data paths, or tables {path, name, template(s), classnames}
     shots: list[int]
     seeds: list[int]
     methods: list[str]
@@ -59,6 +59,10 @@ def load_suite(name_or_path: str) -> Suite:
     unknown = set(raw) - fields
     if unknown:
         raise BenchError(f"suite file {path} has unknown keys {sorted(unknown)}; allowed: {sorted(fields)}")
+    if isinstance(raw.get("datasets"), list):  # own-data paths in a suite file start at the file's folder
+        from .data.own import anchored
+
+        raw["datasets"] = [anchored(d, path.parent) for d in raw["datasets"]]
     raw.setdefault("name", path.stem)
     raw.setdefault("description", "")
     try:

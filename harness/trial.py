@@ -18,6 +18,7 @@ from . import __version__
 from .cache import FeatureCache, StageCache, module_fingerprint
 from .classifier import ClipClassifier, ZeroShotHead
 from .context import TrialContext
+from .data.catalog import get_dataset
 from .errors import BenchError
 from .fingerprint import fingerprinted, read_trial_data
 from .models import load_model
@@ -207,7 +208,7 @@ def spec_fields(spec: TrialSpec) -> dict[str, Any]:
 
     return {
         "run": spec.run, "trial_id": spec.trial_id, "suite": spec.suite, "protocol": spec.protocol,
-        "dataset": spec.dataset, "shots": spec.shots, "seed": spec.seed, "stack": spec.stack,
+        "dataset": get_dataset(spec.dataset).name, "shots": spec.shots, "seed": spec.seed, "stack": spec.stack,
         "model": spec.model, "pretrained": spec.pretrained,
         "data_fingerprint": spec.data_fingerprint, "dataset_fingerprint": spec.dataset_fingerprint,
         "weights_fingerprint": spec.weights_fingerprint,

@@ -27,6 +27,14 @@ best *test* accuracy and reports the better of two test numbers; here the search
 on ties since a few-shot val split ties often; or ``select="last"``) read the few-shot val split only, and
 the test split is left to the harness's one final evaluation.
 
+**Prompts.** The official code builds the zero-shot classifier of ImageNet from the 7-template ensemble
+(``IMAGENET_TEMPLATES_SELECT``, :mod:`bench.data.templates`) and of its 10 other datasets from the single
+CoOp template. So on ``imagenet``, when the installed head is still the zero-shot head (no HEAD method ran
+before, e.g. ``tip_adapter``, ``tip_adapter_f``, ``tip_adapter+mask``, ``clip_adapter+tip_adapter``), the
+head is rebuilt from those 7 templates before the cache is fitted: those ImageNet rows change (version 2),
+every other row is as before. Every other dataset keeps its own templates (CoOp's single prompt, or the
+ensemble an own-data table declares); zero-shot, CoOp and mask keep CoOp's single template everywhere.
+
 The "CLIP logits" are the installed head's: ``logit_scale.exp()`` × cosine for the zero-shot head, which is
 the official hard-coded 100 for OpenAI weights (other models use their own learned scale).
 
@@ -47,6 +55,8 @@ from torch import nn
 
 from bench import BenchError, Method, Slot
 from bench.plugin import AtLeastOne, NonNegative, Positive, Range
+from bench.classifier import ZeroShotHead
+from bench.data.templates import IMAGENET_TEMPLATES_SELECT
 
 from ._training import n_batches, through_adapters, train_feature_batches
 
@@ -65,6 +75,9 @@ TABLE: dict[str, tuple[float, tuple[float, float], int]] = {
     "ucf101": (3.0, (7.0, 3.0), 20),
 }
 GENERIC = (1.0, (10.0, 5.0), 20)  # any other dataset (syn_* included): see the module docstring
+
+# dataset: the templates of the official zero-shot classifier where they are not the dataset's own.
+OFFICIAL_TEMPLATES: dict[str, tuple[str, ...]] = {"imagenet": IMAGENET_TEMPLATES_SELECT}
 
 
 @dataclasses.dataclass
@@ -138,7 +151,7 @@ class _TipBase(Method):
     """Shared by Tip-Adapter and Tip-Adapter-F: cache construction, installation and the search."""
 
     slot = Slot.LOGIT_TERM
-    version = "1"
+    version = "2"  # 2: ImageNet's zero-shot head from the official 7-template ensemble
     transfers_to_new_classes = False  # the cache's values are the training classes
 
     @classmethod
@@ -157,6 +170,9 @@ class _TipBase(Method):
         cfg: TipAdapterConfig = self.config
         if cfg.augment_views < 1:
             raise BenchError(f"{self.name}.augment_views must be at least 1, got {cfg.augment_views}")
+        templates = OFFICIAL_TEMPLATES.get(ctx.data.name)
+        if templates and isinstance(clf.head, ZeroShotHead):
+            clf.head = ZeroShotHead(ctx.text_weights(templates=templates), clf.logit_scale).to(ctx.device)
         with torch.no_grad():
             views = ctx.features("train", ctx.train_transform(tuple(cfg.crop_scale)), views=cfg.augment_views,
                                  stream=30)
@@ -197,7 +213,7 @@ class TipAdapterF(_TipBase):
     description = "Tip-Adapter-F: Tip-Adapter's cache with fine-tuned keys (Zhang et al., ECCV 2022)"
     trains = "cache keys, AdamW + per-step cosine, epoch and (alpha, beta) chosen on the few-shot val split"
     Config = TipAdapterFConfig
-    version = "2"  # 2: the last partial batch of each epoch is trained on, as the official loader
+    version = "3"  # 2: ImageNet's 7-template head; 3: the last partial batch of each epoch is trained on
 
     def train_keys(self, term: CacheTerm, clf, ctx, val) -> dict:
         cfg: TipAdapterFConfig = self.config

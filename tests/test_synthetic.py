@@ -77,7 +77,7 @@ def test_suite_shape():
         assert spec.train >= 16 and spec.val >= 4
         assert len(spec.classnames) * spec.test <= 1000
         ds = get_dataset(name)
-        assert ds.synthetic and ds.split_file == spec.split_file and "{}" in ds.template
+        assert isinstance(ds, synthetic.GeneratedDataset) and ds.split_file == spec.split_file and "{}" in ds.template
 
 
 def test_materialize_layout_and_split_file(tmp_path):

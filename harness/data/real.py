@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import BenchError
-from .catalog import DatasetDef, register_dataset
+from .dataset import DatasetCheck, DatasetDef
 from .splits import Datum
 
 DOCS = "docs/datasets.md"
@@ -259,15 +259,25 @@ def _read_imagenet_v2(ds: DatasetDef, folder: Path) -> dict[str, list[Datum]]:
 
 # -- the table ---------------------------------------------------------------------------------------
 
-def _real(ds: DatasetDef, info: RealInfo) -> None:
-    register_dataset(ds)
+class RealDataset(DatasetDef):
+    """A real benchmark dataset: checked against CoOp's split sizes and naming by `bench data check`."""
+
+    def check(self, data_root: Path | None, check_files: bool = True) -> DatasetCheck:
+        return check_dataset(self.name, data_root, check_files)
+
+
+DATASETS: list[RealDataset] = []  # the `bench.datasets` entry point "real"
+
+
+def _real(ds: RealDataset, info: RealInfo) -> None:
+    DATASETS.append(ds)
     REAL[ds.name] = info
 
 
 _SPLITS = SPLIT_FILES_SOURCE
 
 _real(
-    DatasetDef("imagenet", "ImageNet-1k (1000 classes; test = the official 50k val images)", "imagenet",
+    RealDataset("imagenet", "ImageNet-1k (1000 classes; test = the official 50k val images)", "imagenet",
                "images", "a photo of a {}.", reader=_read_imagenet),
     RealInfo("imagenet", "ImageNet", 1000, {"train": 1281167, "test": 50000},
              "imagenet/images/train/<wnid>/*.JPEG, imagenet/images/val/<wnid>/*.JPEG (val sorted into the 1000 "
@@ -277,7 +287,7 @@ _real(
              required=("classnames.txt", "images/train", "images/val")),
 )
 _real(
-    DatasetDef("caltech101", "Caltech101 (100 object classes)", "caltech-101", "101_ObjectCategories",
+    RealDataset("caltech101", "Caltech101 (100 object classes)", "caltech-101", "101_ObjectCategories",
                "a photo of a {}.", split_file="split_zhou_Caltech101.json"),
     RealInfo("caltech101", "Caltech101", 100, {"train": 4128, "val": 1649, "test": 2465},
              "caltech-101/101_ObjectCategories/<class>/*.jpg, caltech-101/split_zhou_Caltech101.json",
@@ -285,7 +295,7 @@ _real(
              required=("101_ObjectCategories", "split_zhou_Caltech101.json"), classname_rule=caltech_classname),
 )
 _real(
-    DatasetDef("oxford_pets", "Oxford-IIIT Pets (37 breeds)", "oxford_pets", "images",
+    RealDataset("oxford_pets", "Oxford-IIIT Pets (37 breeds)", "oxford_pets", "images",
                "a photo of a {}, a type of pet.", split_file="split_zhou_OxfordPets.json"),
     RealInfo("oxford_pets", "OxfordPets", 37, {"train": 2944, "val": 736, "test": 3669},
              "oxford_pets/images/*.jpg, oxford_pets/annotations/, oxford_pets/split_zhou_OxfordPets.json",
@@ -293,7 +303,7 @@ _real(
              required=("images", "split_zhou_OxfordPets.json"), classname_rule=pets_classname),
 )
 _real(
-    DatasetDef("stanford_cars", "Stanford Cars (196 models)", "stanford_cars", "",
+    RealDataset("stanford_cars", "Stanford Cars (196 models)", "stanford_cars", "",
                "a photo of a {}.", split_file="split_zhou_StanfordCars.json", paths_relative_to_folder=True),
     RealInfo("stanford_cars", "StanfordCars", 196, {"train": 6509, "val": 1635, "test": 8041},
              "stanford_cars/cars_train/*.jpg, stanford_cars/cars_test/*.jpg, stanford_cars/devkit/, "
@@ -303,7 +313,7 @@ _real(
              required=("cars_train", "cars_test", "split_zhou_StanfordCars.json")),
 )
 _real(
-    DatasetDef("oxford_flowers", "Oxford Flowers102 (102 species)", "oxford_flowers", "jpg",
+    RealDataset("oxford_flowers", "Oxford Flowers102 (102 species)", "oxford_flowers", "jpg",
                "a photo of a {}, a type of flower.", split_file="split_zhou_OxfordFlowers.json"),
     RealInfo("oxford_flowers", "OxfordFlowers", 102, {"train": 4093, "val": 1633, "test": 2463},
              "oxford_flowers/jpg/image_*.jpg, oxford_flowers/imagelabels.mat, oxford_flowers/cat_to_name.json, "
@@ -313,7 +323,7 @@ _real(
              required=("jpg", "split_zhou_OxfordFlowers.json")),
 )
 _real(
-    DatasetDef("food101", "Food-101 (101 dishes)", "food-101", "images",
+    RealDataset("food101", "Food-101 (101 dishes)", "food-101", "images",
                "a photo of {}, a type of food.", split_file="split_zhou_Food101.json"),
     RealInfo("food101", "Food101", 101, {"train": 50500, "val": 20200, "test": 30300},
              "food-101/images/<class>/*.jpg, food-101/meta/, food-101/split_zhou_Food101.json",
@@ -321,7 +331,7 @@ _real(
              required=("images", "split_zhou_Food101.json"), classname_rule=folder_classname),
 )
 _real(
-    DatasetDef("fgvc_aircraft", "FGVC-Aircraft 2013b (100 variants; official splits)", "fgvc_aircraft", "images",
+    RealDataset("fgvc_aircraft", "FGVC-Aircraft 2013b (100 variants; official splits)", "fgvc_aircraft", "images",
                "a photo of a {}, a type of aircraft.", reader=_read_aircraft),
     RealInfo("fgvc_aircraft", "FGVCAircraft", 100, {"train": 3334, "val": 3333, "test": 3333},
              "fgvc_aircraft/ = the data/ folder of fgvc-aircraft-2013b renamed: images/*.jpg, variants.txt, "
@@ -331,7 +341,7 @@ _real(
                        "images_variant_test.txt")),
 )
 _real(
-    DatasetDef("sun397", "SUN397 (397 scene categories)", "sun397", "SUN397", "a photo of a {}.",
+    RealDataset("sun397", "SUN397 (397 scene categories)", "sun397", "SUN397", "a photo of a {}.",
                split_file="split_zhou_SUN397.json"),
     RealInfo("sun397", "SUN397", 397, {"train": 15880, "val": 3970, "test": 19850},
              "sun397/SUN397/<letter>/<category>/.../*.jpg, sun397/ClassName.txt (Partitions.zip), "
@@ -340,7 +350,7 @@ _real(
              required=("SUN397", "split_zhou_SUN397.json"), classname_rule=sun397_classname),
 )
 _real(
-    DatasetDef("dtd", "Describable Textures (47 textures)", "dtd", "images", "{} texture.",
+    RealDataset("dtd", "Describable Textures (47 textures)", "dtd", "images", "{} texture.",
                split_file="split_zhou_DescribableTextures.json"),
     RealInfo("dtd", "DescribableTextures", 47, {"train": 2820, "val": 1128, "test": 1692},
              "dtd/images/<texture>/*.jpg, dtd/imdb/, dtd/labels/, dtd/split_zhou_DescribableTextures.json",
@@ -348,7 +358,7 @@ _real(
              required=("images", "split_zhou_DescribableTextures.json"), classname_rule=folder_classname),
 )
 _real(
-    DatasetDef("eurosat", "EuroSAT RGB (10 land-use classes)", "eurosat", "2750",
+    RealDataset("eurosat", "EuroSAT RGB (10 land-use classes)", "eurosat", "2750",
                "a centered satellite photo of {}.", split_file="split_zhou_EuroSAT.json"),
     RealInfo("eurosat", "EuroSAT", 10, {"train": 13500, "val": 5400, "test": 8100},
              "eurosat/2750/<Class>/*.jpg, eurosat/split_zhou_EuroSAT.json",
@@ -357,7 +367,7 @@ _real(
              required=("2750", "split_zhou_EuroSAT.json"), classname_rule=eurosat_classname),
 )
 _real(
-    DatasetDef("ucf101", "UCF101 middle frames (101 actions)", "ucf101", "UCF-101-midframes",
+    RealDataset("ucf101", "UCF101 middle frames (101 actions)", "ucf101", "UCF-101-midframes",
                "a photo of a person doing {}.", split_file="split_zhou_UCF101.json"),
     RealInfo("ucf101", "UCF101", 101, {"train": 7639, "val": 1898, "test": 3783},
              "ucf101/UCF-101-midframes/<Action_Name>/*.jpg, ucf101/split_zhou_UCF101.json",
@@ -367,7 +377,7 @@ _real(
 
 # ImageNet variants: test-only, for the domain-shift suite (train on imagenet, test here).
 _real(
-    DatasetDef("imagenet_v2", "ImageNet-V2 matched-frequency (1000 classes, test only)", "imagenetv2",
+    RealDataset("imagenet_v2", "ImageNet-V2 matched-frequency (1000 classes, test only)", "imagenetv2",
                "imagenetv2-matched-frequency-format-val", "a photo of a {}.", reader=_read_imagenet_v2),
     RealInfo("imagenet_v2", "ImageNetV2", 1000, {"test": 10000},
              "imagenetv2/imagenetv2-matched-frequency-format-val/{0..999}/*.jpeg, imagenetv2/classnames.txt "
@@ -376,7 +386,7 @@ _real(
              required=("imagenetv2-matched-frequency-format-val",), role="shift"),
 )
 _real(
-    DatasetDef("imagenet_sketch", "ImageNet-Sketch (1000 classes, test only)", "imagenet-sketch", "images",
+    RealDataset("imagenet_sketch", "ImageNet-Sketch (1000 classes, test only)", "imagenet-sketch", "images",
                "a photo of a {}.", reader=_read_wnid_variant),
     RealInfo("imagenet_sketch", "ImageNetSketch", 1000, {"test": 50889},
              "imagenet-sketch/images/<wnid>/*.JPEG (the archive's sketch/ folder renamed images/), "
@@ -384,7 +394,7 @@ _real(
              ("https://github.com/HaohanWang/ImageNet-Sketch",), required=("images",), role="shift"),
 )
 _real(
-    DatasetDef("imagenet_a", "ImageNet-A natural adversarial examples (200 classes, test only)",
+    RealDataset("imagenet_a", "ImageNet-A natural adversarial examples (200 classes, test only)",
                "imagenet-adversarial", "imagenet-a", "a photo of a {}.", reader=_read_wnid_variant),
     RealInfo("imagenet_a", "ImageNetA", 200, {"test": 7500},
              "imagenet-adversarial/imagenet-a/<wnid>/*.jpg (200 folders), imagenet-adversarial/classnames.txt "
@@ -393,7 +403,7 @@ _real(
              required=("imagenet-a",), role="shift"),
 )
 _real(
-    DatasetDef("imagenet_r", "ImageNet-R renditions (200 classes, test only)", "imagenet-rendition",
+    RealDataset("imagenet_r", "ImageNet-R renditions (200 classes, test only)", "imagenet-rendition",
                "imagenet-r", "a photo of a {}.", reader=_read_wnid_variant),
     RealInfo("imagenet_r", "ImageNetR", 200, {"test": 30000},
              "imagenet-rendition/imagenet-r/<wnid>/*.jpg (200 folders), imagenet-rendition/classnames.txt "
@@ -408,24 +418,9 @@ SHIFT_TARGETS = tuple(n for n, i in REAL.items() if i.role == "shift")
 
 # -- checking a data root ----------------------------------------------------------------------------
 
-@dataclasses.dataclass
-class DatasetCheck:
-    name: str
-    folder: Path | None
-    status: str  # "ok" | "missing" | "incomplete" | "mismatch" | "error"
-    counts: dict[str, int] = dataclasses.field(default_factory=dict)
-    expected: dict[str, int] = dataclasses.field(default_factory=dict)
-    classes: int | None = None
-    missing_files: int = 0
-    missing_example: str | None = None
-    message: str = ""  # what is wrong and how to fix it (empty when ok)
-
-
 def check_dataset(name: str, data_root: Path | None, check_files: bool = True) -> DatasetCheck:
     """Look at one real dataset under a data root: present or not, split sizes, missing image files."""
-    from .catalog import get_dataset
-
-    ds, info = get_dataset(name), REAL[name]
+    ds, info = next(d for d in DATASETS if d.name == name), REAL[name]
     expected = dict(info.counts)
     fix = f"put {info.layout}; sources: {'; '.join(info.sources)}"
     if data_root is None:
@@ -457,7 +452,7 @@ def check_dataset(name: str, data_root: Path | None, check_files: bool = True) -
             problems.append(f"{result.missing_files} image files listed in the split are missing "
                             f"(e.g. {result.missing_example})")
     if info.classname_rule is not None and ds.split_file:
-        base = folder if ds.paths_relative_to_folder else folder / ds.image_dir
+        base = ds.image_root(folder)
         wrong = next((d for d in splits.train
                       if info.classname_rule(os.path.relpath(d.path, base)) != d.classname), None)
         if wrong is not None:

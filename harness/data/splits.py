@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 from ..errors import BenchError
@@ -23,6 +24,10 @@ class DatasetSplits:
     test: list[Datum]
     classnames: list[str]  # one per label, labels ascending (taken from the train split)
     template: str  # prompt template, e.g. "a photo of a {}."
+    templates: tuple[str, ...] = ()  # the prompt ensemble (mean of normalised embeddings); () = (template,)
+
+    def __post_init__(self):
+        self.templates = tuple(self.templates) or (self.template,)
 
 
 def classnames_of(items: list[Datum]) -> list[str]:
@@ -52,7 +57,7 @@ def read_split_json(split_file: Path, image_dir: Path) -> dict[str, list[Datum]]
 def write_split_json(split_file: Path, image_dir: Path, splits: dict[str, list[Datum]]) -> None:
     """Write a CoOp split file with paths relative to ``image_dir`` (the inverse of read_split_json)."""
     out = {
-        key: [[str(Path(d.path).relative_to(image_dir)), d.label, d.classname] for d in items]
+        key: [[Path(os.path.relpath(d.path, image_dir)).as_posix(), d.label, d.classname] for d in items]
         for key, items in splits.items()
     }
     split_file.write_text(json.dumps(out, indent=None))

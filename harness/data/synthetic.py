@@ -23,7 +23,7 @@ from typing import Callable
 
 import numpy as np
 
-from .catalog import DatasetDef, register_dataset
+from .dataset import DatasetCheck, DatasetDef
 from .splits import Datum, write_split_json
 
 GENERATOR_VERSION = 1  # bump when images or splits change; cached folders of another version are rebuilt
@@ -331,9 +331,35 @@ SPECS: dict[str, SyntheticSpec] = {s.name: s for s in (
                   _texture_scenes(), test=50),
 )}
 
-for _spec in SPECS.values():
-    register_dataset(DatasetDef(name=_spec.name, title=_spec.title, folder=_spec.folder, image_dir="images",
-                                template=_spec.template, split_file=_spec.split_file, synthetic=True))
+class GeneratedDataset(DatasetDef):
+    """A synthetic dataset: read from the data root when it holds a copy, else generated into the cache."""
+
+    def _held_by(self, data_root: Path | None) -> bool:
+        return data_root is not None and (Path(data_root).expanduser() / self.folder).is_dir()
+
+    def locate(self, data_root: Path | None) -> Path:
+        return super().locate(data_root) if self._held_by(data_root) else materialize(self.name)
+
+    @property
+    def needs_data_root(self) -> bool:
+        return False
+
+    def where(self) -> str:
+        return f"generated (or --data-root/{self.folder})"
+
+    def preflight(self, data_root: Path | None) -> None:
+        if self._held_by(data_root):
+            super().preflight(data_root)  # else: generated on first use, inside the trial
+
+    def check(self, data_root: Path | None, check_files: bool = True) -> DatasetCheck:
+        if self._held_by(data_root):
+            return super().check(data_root, check_files)
+        return DatasetCheck(self.name, None, "generated")
+
+
+# the `bench.datasets` entry point "synthetic"
+DATASETS = [GeneratedDataset(name=s.name, title=s.title, folder=s.folder, image_dir="images", template=s.template,
+                             split_file=s.split_file) for s in SPECS.values()]
 
 
 def _seed(name: str, split: str) -> list[int]:
