@@ -122,7 +122,7 @@ def check(
         res = ds.check(root, check_files=files)
         n_ok += res.status in ("ok", "generated")
         if res.status == "generated":
-            table.add_row(name, "[cyan]generated[/]", "-", "-", "-", "-", "-")
+            table.add_row(name, "[cyan]generated, = manifest[/]", "-", "-", "-", "-", "-")
             continue
 
         def cell(split: str) -> str:

@@ -1,6 +1,6 @@
-"""Published numbers as data (``results/reference/published.csv``) and a side-by-side with a run's table.
+"""Published numbers as data (``bench/reference/published.csv``, shipped in the package) and a side-by-side with a run's table.
 
-The CSV is a transcription of the public tables listed in ``results/reference/README.md``: one row per
+The CSV is a transcription of the public tables listed in ``bench/reference/README.md``: one row per
 (source, table, method, dataset, shots, backbone) with top-1 in percent, the published ± where there is
 one, and a note with the caveats (e.g. "probably RN50", "probably Tip-Adapter-F"). Methods carry bench's
 stack names (``mask`` = R-AMT, ``coop+mask`` = CoOp+R-AMT, ...); methods bench does not have keep a
@@ -30,11 +30,11 @@ _BACKBONE_ALIASES = {"vit-b/16": "ViT-B-16", "vit-b-16": "ViT-B-16", "vit-b-16-q
 
 
 def csv_path() -> Path:
-    """The CSV in the source tree (results/reference/published.csv next to the harness package)."""
-    here = Path(__file__).resolve().parent.parent / "results" / "reference" / "published.csv"
+    """The CSV shipped as package data (``bench/reference/published.csv``)."""
+    here = Path(__file__).resolve().parent / "reference" / "published.csv"
     if here.is_file():
         return here
-    raise BenchError(f"published numbers not found at {here}; run from a checkout of the bench repository")
+    raise BenchError(f"published numbers not found at {here}; reinstall bench (the file is part of the package)")
 
 
 @functools.cache

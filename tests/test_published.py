@@ -1,4 +1,4 @@
-"""The published numbers (results/reference/published.csv) and compare()."""
+"""The published numbers (bench/reference/published.csv, package data) and compare()."""
 from __future__ import annotations
 
 import math
@@ -25,7 +25,7 @@ def test_csv_is_tracked_in_git():
     path = csv_path()
     root = path.parents[2]
     out = subprocess.run(["git", "check-ignore", "-q", str(path)], cwd=root)
-    assert out.returncode == 1, "results/reference/published.csv must not be git-ignored"
+    assert out.returncode == 1, "harness/reference/published.csv must not be git-ignored"
 
 
 def test_columns_and_names(pub):
