@@ -8,7 +8,6 @@ can share the cache; a per-key file lock makes a second trial wait for a stage t
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+from filelock import FileLock
 from safetensors.torch import load_file, save_file
 
 
@@ -27,20 +27,6 @@ def default_cache_dir() -> str:
 
 def digest(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:32]
-
-
-def weights_id(model: str, pretrained: str | None, seed: int) -> str:
-    """Identity of the starting weights: a tag, a file (path, size, mtime), or random init (by seed)."""
-    from .models import resolve
-
-    name, weights = resolve(model, pretrained)
-    if weights in (None, "none", "random"):
-        return digest([name, "random", seed])
-    path = Path(weights).expanduser()
-    if path.is_file():
-        stat = path.stat()
-        return digest([name, str(path.resolve()), stat.st_size, stat.st_mtime_ns])
-    return digest([name, weights])
 
 
 def module_fingerprint(module: torch.nn.Module) -> str:
@@ -64,15 +50,9 @@ def items_fingerprint(items) -> str:
     return h.hexdigest()[:32]
 
 
-@contextlib.contextmanager
-def key_lock(path: Path) -> Iterator[None]:
+def key_lock(path: Path) -> FileLock:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return FileLock(path.with_suffix(".lock"))
 
 
 class FeatureCache:

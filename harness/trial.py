@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import open_clip
 import pyarrow as pa
 import torch
 
@@ -52,11 +53,10 @@ def build_context(spec: TrialSpec, progress: Callable[[str], None] = lambda m: N
     if short:
         progress(f"{len(short)} classes of {spec.dataset} have fewer than {spec.shots} train images; all taken")
     model, preprocess, tokenizer = load_model(spec.model, spec.pretrained, str(device))
-    size = model.visual.image_size
-    size = size[0] if isinstance(size, (tuple, list)) else size
-    norm = next(t for t in preprocess.transforms if type(t).__name__ == "Normalize")
+    cfg = open_clip.get_model_preprocess_cfg(model)
+    size = cfg["size"][0] if isinstance(cfg["size"], (tuple, list)) else cfg["size"]
     ctx = TrialContext(spec=spec, clf=None, tokenizer=tokenizer, data=data, device=device, image_size=int(size),
-                       mean=tuple(norm.mean), std=tuple(norm.std), progress=progress, short_classes=len(short),
+                       mean=tuple(cfg["mean"]), std=tuple(cfg["std"]), progress=progress, short_classes=len(short),
                        encoder_id=f"{spec.model}|{spec.weights_fingerprint or spec.pretrained}|{spec.seed}",
                        cache=FeatureCache(spec.cache_dir) if spec.cache_dir else None,
                        num_workers=min(8, (os.cpu_count() or 2) // 2) if device.type == "cuda" else 0)
@@ -204,8 +204,6 @@ def peak_memory_mb(device: str) -> float:
 
 
 def spec_fields(spec: TrialSpec) -> dict[str, Any]:
-    import open_clip
-
     return {
         "run": spec.run, "trial_id": spec.trial_id, "suite": spec.suite, "protocol": spec.protocol,
         "dataset": get_dataset(spec.dataset).name, "shots": spec.shots, "seed": spec.seed, "stack": spec.stack,
