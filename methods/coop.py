@@ -68,6 +68,7 @@ class CoOpConfig:
     precision: str = "auto"  # auto (fp16 on cuda, fp32 on cpu) | fp16 | fp32 | amp
     truncate: bool = True  # run the text transformer only up to the last end token (same result)
     feature_views: int = 0  # 0: fresh augmentation through the encoder every epoch (CoOp); V: V cached views
+    shared_prefix: bool = True  # end position, shared context: run SOS + context once, then each class's suffix
 
 
 class TextTower(nn.Module):
@@ -104,9 +105,79 @@ class TextTower(nn.Module):
         mask = self.attn_mask[:n, :n] if self.attn_mask is not None else None
         x = self.ln_final(self.transformer(x, attn_mask=mask))
         x = text_global_pool(x, ids[:, :n], self.pool_type, eos_token_id=self.eos_id)
+        return self.project(x)
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
         if isinstance(self.text_projection, nn.Linear):
             return self.text_projection(x)
         return x @ self.text_projection if self.text_projection is not None else x
+
+    def supports_shared_prefix(self) -> bool:
+        """Whether :meth:`forward_shared` reproduces this tower exactly: open_clip's plain pre-LN blocks
+        with ``nn.MultiheadAttention`` (packed q/k/v, no extra key/value bias, no dropout), the causal
+        mask, and pooling at the end token."""
+        from open_clip.transformer import ResidualAttentionBlock
+
+        def plain(block) -> bool:
+            a = getattr(block, "attn", None)
+            return (type(block) is ResidualAttentionBlock and not hasattr(block, "ln_1_kv")
+                    and isinstance(a, nn.MultiheadAttention) and a._qkv_same_embed_dim
+                    and a.bias_k is None and not a.add_zero_attn and a.dropout == 0.0)
+
+        mask = self.attn_mask
+        causal = mask is not None and bool(
+            (torch.isneginf(mask) == torch.ones_like(mask, dtype=torch.bool).triu(1)).all())
+        blocks = getattr(self.transformer, "resblocks", [])
+        return causal and self.pool_type in ("argmax", "eos") and len(blocks) > 0 and all(map(plain, blocks))
+
+    def forward_shared(self, prefix: torch.Tensor, suffix: torch.Tensor, pool: torch.Tensor) -> torch.Tensor:
+        """Text features of prompts ``[prefix | suffix_c]`` that all start with the same ``prefix``.
+
+        ``prefix`` [1, P, D] and ``suffix`` [C, S, D] are token embeddings, ``pool`` [C] each prompt's
+        end-token index within its suffix. Under the causal mask the prefix's hidden states do not depend
+        on what follows, so the prefix runs once; in every layer each suffix's queries attend to the
+        prefix's keys/values followed by its own (causal within the suffix).
+        """
+        cast = self.dtype
+        p, s = prefix.shape[1], suffix.shape[1]
+        pos = self.positional_embedding[:p + s].to(cast)
+        x_p, x_s = prefix.to(cast) + pos[:p], suffix.to(cast) + pos[p:]
+        allowed = torch.ones(s, p + s, dtype=torch.bool, device=x_s.device).tril(p)
+        blocks = self.transformer.resblocks
+        for i, block in enumerate(blocks):
+            x_p, x_s = shared_prefix_block(block, x_p, x_s, allowed, last=i == len(blocks) - 1)
+        pooled = x_s[torch.arange(x_s.shape[0], device=x_s.device), pool]
+        return self.project(self.ln_final(pooled))
+
+
+def _heads(attn: nn.MultiheadAttention, x: torch.Tensor) -> list[torch.Tensor]:
+    """q, k, v of ``x`` [N, L, D] as [N, heads, L, head_dim], from the block's packed projection."""
+    n, length, _ = x.shape
+    qkv = F.linear(x, attn.in_proj_weight, attn.in_proj_bias)
+    return [t.view(n, length, attn.num_heads, -1).transpose(1, 2) for t in qkv.chunk(3, dim=-1)]
+
+
+def _merge(attn: nn.MultiheadAttention, o: torch.Tensor) -> torch.Tensor:
+    n, heads, length, hd = o.shape
+    return attn.out_proj(o.transpose(1, 2).reshape(n, length, heads * hd))
+
+
+def shared_prefix_block(block, x_p: torch.Tensor, x_s: torch.Tensor, allowed: torch.Tensor, last: bool = False):
+    """One open_clip ``ResidualAttentionBlock`` (pre-LN attention + MLP, LayerScale) over a shared prefix
+    [1, P, D] and C suffixes [C, S, D]; ``allowed`` [S, P + S] is the suffix's attention mask. In the
+    ``last`` block the prefix's own output is not needed (only its keys/values), so it is not computed."""
+    attn = block.attn
+    q_p, k_p, v_p = _heads(attn, block.ln_1(x_p))
+    q_s, k_s, v_s = _heads(attn, block.ln_1(x_s))
+    c = x_s.shape[0]
+    k = torch.cat([k_p.expand(c, -1, -1, -1), k_s], dim=2)
+    v = torch.cat([v_p.expand(c, -1, -1, -1), v_s], dim=2)
+    x_s = x_s + block.ls_1(_merge(attn, F.scaled_dot_product_attention(q_s, k, v, attn_mask=allowed)))
+    x_s = x_s + block.ls_2(block.mlp(block.ln_2(x_s)))
+    if not last:
+        x_p = x_p + block.ls_1(_merge(attn, F.scaled_dot_product_attention(q_p, k_p, v_p, is_causal=True)))
+        x_p = x_p + block.ls_2(block.mlp(block.ln_2(x_p)))
+    return x_p, x_s
 
 
 def check_text_layout(model: nn.Module) -> None:
@@ -171,6 +242,10 @@ class PromptHead(nn.Module):
         self._rebuild = (model, tokenizer, cfg, dtype)  # a tuple: not registered as a submodule
         if cfg.truncate and self.tower.pool_type in ("argmax", "eos"):
             self.length = int(self.tower.pool_positions(ids).max()) + 1
+        self.shared_prefix = (cfg.shared_prefix and cfg.truncate and self.position == "end" and not cfg.csc
+                              and self.tower.supports_shared_prefix())
+        if self.shared_prefix:  # each prompt's end token, counted within its suffix
+            self.register_buffer("suffix_pool", self.tower.pool_positions(ids) - (1 + n_ctx), persistent=False)
         self._cache: tuple | None = None
 
     @property
@@ -194,13 +269,21 @@ class PromptHead(nn.Module):
                 rows.append(torch.cat([prefix[i:i + 1], name, c, rest], dim=1))
         return torch.cat(rows, dim=0)
 
+    def encode(self) -> torch.Tensor:
+        """Text features of every class's prompt [C, E], through the shared prefix where it is exact."""
+        if self.shared_prefix:
+            prefix = torch.cat([self.token_prefix[:1], self.ctx.unsqueeze(0)], dim=1)
+            suffix = self.token_suffix[:, :self.length - 1 - self.n_ctx]
+            return self.tower.forward_shared(prefix, suffix, self.suffix_pool)
+        return self.tower(self.prompts(), self.ids[:, :self.length])
+
     def text_features(self) -> torch.Tensor:
         if self.training or torch.is_grad_enabled():
             self._cache = None
-            return self.tower(self.prompts(), self.ids[:, :self.length])
+            return self.encode()
         key = (self.ctx._version, self.ctx.data_ptr(), self.ctx.device)
         if self._cache is None or self._cache[0] != key:  # evaluation: the context is fixed, compute once
-            self._cache = (key, self.tower(self.prompts(), self.ids[:, :self.length]))
+            self._cache = (key, self.encode())
         return self._cache[1]
 
     def for_classes(self, classnames: list[str], ctx) -> "PromptHead":
