@@ -141,8 +141,8 @@ class TextTower(nn.Module):
                     and a.bias_k is None and not a.add_zero_attn and a.dropout == 0.0)
 
         mask = self.attn_mask
-        causal = mask is not None and bool(
-            (torch.isneginf(mask) == torch.ones_like(mask, dtype=torch.bool).triu(1)).all())
+        causal = mask is not None and torch.equal(
+            mask, torch.zeros_like(mask).masked_fill(torch.ones_like(mask, dtype=torch.bool).triu(1), float("-inf")))
         blocks = getattr(self.transformer, "resblocks", [])
         return causal and self.pool_type in ("argmax", "eos") and len(blocks) > 0 and all(map(plain, blocks))
 
