@@ -33,10 +33,10 @@ Differences from the official code, all documented choices:
   their queries attend to the prefix's keys/values followed by their own causal suffix
   (``scaled_dot_product_attention``, open_clip's block reproduced from its own weights: pre-LN,
   ``nn.MultiheadAttention``'s packed projections, its MLP, LayerScale). The context's gradient flows
-  through the prefix once instead of C times. ViT-B/16, 100 classes, CPU: ~3x faster than the truncated
-  path and ~7x than the full 77 tokens (``benchmarks/coop_step.py``). The official structure — all C
-  full prompts through the transformer — is ``truncate=false`` (or ``shared_prefix=false`` for the
-  truncated plain path); features and context gradients agree with it within float tolerance. The
+  through the prefix once instead of C times. ViT-B/16's text tower, 100 classes, 2-core CPU: 2.4-2.9x
+  faster than the truncated path, 8-10x than the full 77 tokens (``benchmarks/coop_step.py``). The
+  official structure — all C full prompts through the transformer — is ``truncate=false`` (or
+  ``shared_prefix=false`` for the truncated plain path); features and context gradients agree with it within float tolerance. The
   ``middle``/``front`` positions, ``csc``, and text towers other than open_clip's plain causal blocks
   always take the plain path; the fit reports which ran (``text_path``).
 * ``ctx_init`` counts its context length in BPE tokens (CoOp counts words; the same for ordinary words),
