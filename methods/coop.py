@@ -36,9 +36,9 @@ Differences from the official code, all documented choices:
   through the prefix once instead of C times. ViT-B/16's text tower, 100 classes, 2-core CPU: 2.4-2.9x
   faster than the truncated path, 8-10x than the full 77 tokens (``benchmarks/coop_step.py``). The
   official structure — all C full prompts through the transformer — is ``truncate=false`` (or
-  ``shared_prefix=false`` for the truncated plain path); features and context gradients agree with it within float tolerance. The
-  ``middle``/``front`` positions, ``csc``, and text towers other than open_clip's plain causal blocks
-  always take the plain path; the fit reports which ran (``text_path``).
+  ``shared_prefix=false`` for the truncated plain path); features and context gradients agree with it
+  within float tolerance. The ``middle``/``front`` positions, ``csc``, and text towers other than
+  open_clip's plain causal blocks always take the plain path; the fit reports which ran (``text_path``).
 * ``ctx_init`` counts its context length in BPE tokens (CoOp counts words; the same for ordinary words),
   and with ``csc`` the initial words are copied to every class (CoOp ignores ``csc`` when given words).
 * Image features come from the frozen encoder under ``no_grad`` (through any adapter a stack installed
