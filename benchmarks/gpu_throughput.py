@@ -9,11 +9,16 @@ FLOPs: the forward FLOPs of one image are counted with ``torch.utils.flop_counte
 (2 per multiply-add; ViT-B/16 at 224 px: ~35 GFLOP, analytically 35.1). "Model" TFLOP/s counts 3x forward per trained image (student forward + backward)
 plus 1x forward for the teacher, i.e. 4x forward per image — the usual MFU-style convention. The step
 really runs two backward passes through the student (the KL gradient and the task gradient), so the
-executed work is larger; the "counted" column gives FlopCounterMode's count of one whole step.
+executed work is larger; the "counted" column gives FlopCounterMode's count of one whole step. "MFU" is the
+model TFLOP/s over the GPU's dense peak for the variant's precision (bf16 tensor cores; fp32, or TF32 with
+``--tf32``), from NVIDIA's data sheets for the GPUs in ``PEAK_TFLOPS``; ``--peak-tflops BF16,FP32`` gives
+them for any other device.
 
 Run from the repository root on a machine with a GPU (takes ~1-2 minutes, must stay under 5):
 ``python benchmarks/gpu_throughput.py [--batches 32,256] [--steps 6] [--warmup 2] [--tf32]``.
-On a machine without CUDA it prints ``gpu_throughput: no CUDA device, skipped`` and exits 0.
+On a machine without CUDA it prints ``gpu_throughput: no CUDA device, skipped`` and exits 0, unless
+``--tiny``: the ``tiny`` model at batch 2, one step, on CUDA if present and otherwise on CPU (under CPU bf16
+autocast), to check that the script runs.
 Last line: ``gpu_throughput speedup: <bf16/fp32 images/s at batch 256>x``.
 """
 from __future__ import annotations
@@ -28,9 +33,30 @@ import torch
 
 from bench.classifier import ZeroShotHead
 from bench.methods._masking import select_masked
-from bench.methods.mask import MaskTuning, rmt_step
+from bench.methods.mask import MaskTuning, bf16_autocast, rmt_step
 
 SKIP_LINE = "gpu_throughput: no CUDA device, skipped"
+
+# Dense peak TFLOP/s (bf16 tensor core, TF32 tensor core, plain fp32) from NVIDIA's data sheets; the first
+# name that occurs in torch.cuda.get_device_name() wins, so more specific names come first.
+PEAK_TFLOPS = [
+    ("H100 PCIe", {"bf16": 756.0, "tf32": 378.0, "fp32": 51.0}),
+    ("H100 NVL", {"bf16": 835.0, "tf32": 418.0, "fp32": 60.0}),
+    ("H100", {"bf16": 989.0, "tf32": 495.0, "fp32": 67.0}),
+    ("H200", {"bf16": 989.0, "tf32": 495.0, "fp32": 67.0}),
+    ("A100", {"bf16": 312.0, "tf32": 156.0, "fp32": 19.5}),
+    ("L40S", {"bf16": 362.0, "tf32": 183.0, "fp32": 91.6}),
+    ("L4", {"bf16": 121.0, "tf32": 60.0, "fp32": 30.3}),
+    ("A10", {"bf16": 125.0, "tf32": 62.5, "fp32": 31.2}),
+]
+
+
+def peak_tflops(device_name: str, tf32: bool) -> dict[str, float] | None:
+    """{"bf16": peak, "fp32": peak} for a GPU named in PEAK_TFLOPS (fp32 = the TF32 peak with ``tf32``)."""
+    for name, peaks in PEAK_TFLOPS:
+        if name.lower() in device_name.lower():
+            return {"bf16": peaks["bf16"], "fp32": peaks["tf32" if tf32 else "fp32"]}
+    return None
 
 
 def build_tower(model: str, device: str):
@@ -74,8 +100,7 @@ class Variant:
         self.gen = torch.Generator(device=device).manual_seed(0)
         self.images = torch.randn(batch, 3, image_size, image_size, device=device)
         self.labels = torch.randint(0, n_classes, (batch,), device=device)
-        dev = torch.device(device).type
-        self.autocast = (lambda: torch.autocast(dev, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+        self.autocast = bf16_autocast(torch.device(device)) if bf16 else contextlib.nullcontext
         self.times: list[float] = []
         self.error: str | None = None
 
@@ -108,11 +133,12 @@ def _sync(device: str) -> None:
 
 def measure(model: str = "ViT-B-16-quickgelu", batches=(32, 256), precisions=("fp32", "bf16"),
             steps: int = 6, warmup: int = 2, device: str = "cuda", n_classes: int = 100,
-            log=print) -> list[dict]:
+            log=print, peaks: dict[str, float] | None = None) -> list[dict]:
     """Time ``rmt_step`` for every (batch, precision); returns one dict per variant.
 
     Keys: batch, precision, step_s (median), images_per_s, model_tflops (4x forward per image),
-    counted_tflops (FlopCounterMode count of the step), error (e.g. out of memory; then no numbers).
+    counted_tflops (FlopCounterMode count of the step), mfu (model TFLOP/s / ``peaks[precision]``, None
+    without a peak), error (e.g. out of memory; then no numbers).
     """
     torch.manual_seed(0)
     visual, size, dim = build_tower(model, device)
@@ -147,8 +173,10 @@ def measure(model: str = "ViT-B-16-quickgelu", batches=(32, 256), precisions=("f
         row = {"batch": v.batch, "precision": "bf16" if v.bf16 else "fp32", "error": v.error}
         if not v.error:
             t = statistics.median(v.times)
-            row.update(step_s=t, images_per_s=v.batch / t, model_tflops=4 * fwd * v.batch / t / 1e12,
-                       counted_tflops=counted[v.label] / t / 1e12)
+            model_tflops = 4 * fwd * v.batch / t / 1e12
+            peak = (peaks or {}).get(row["precision"])
+            row.update(step_s=t, images_per_s=v.batch / t, model_tflops=model_tflops,
+                       counted_tflops=counted[v.label] / t / 1e12, mfu=model_tflops / peak if peak else None)
         out.append(row)
         v.release()
     return out
@@ -156,13 +184,14 @@ def measure(model: str = "ViT-B-16-quickgelu", batches=(32, 256), precisions=("f
 
 def print_table(rows: list[dict]) -> None:
     print(f"{'batch':>5} {'precision':>9} {'step ms':>9} {'images/s':>10} {'model TFLOP/s':>14} "
-          f"{'counted TFLOP/s':>16}")
+          f"{'counted TFLOP/s':>16} {'MFU':>6}")
     for r in rows:
         if r["error"]:
             print(f"{r['batch']:>5} {r['precision']:>9}   {r['error']}")
         else:
+            mfu = f"{100 * r['mfu']:5.1f}%" if r.get("mfu") else "   n/a"
             print(f"{r['batch']:>5} {r['precision']:>9} {r['step_s'] * 1e3:9.1f} {r['images_per_s']:10.1f} "
-                  f"{r['model_tflops']:14.2f} {r['counted_tflops']:16.2f}")
+                  f"{r['model_tflops']:14.2f} {r['counted_tflops']:16.2f} {mfu:>6}")
 
 
 def speedup(rows: list[dict], batch: int = 256) -> float | None:
@@ -179,16 +208,31 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=6, help="timed steps per variant (interleaved rounds)")
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps per variant first")
     ap.add_argument("--tf32", action="store_true", help="allow TF32 matmuls in the fp32 variants")
+    ap.add_argument("--peak-tflops", default="", help="BF16,FP32 dense peaks of the device (default: PEAK_TFLOPS)")
+    ap.add_argument("--tiny", action="store_true",
+                    help="the tiny model at batch 2, one step (on CPU without CUDA): checks the script runs")
     args = ap.parse_args(argv)
-    if not torch.cuda.is_available():
+    cuda = torch.cuda.is_available()
+    if not cuda and not args.tiny:
         print(SKIP_LINE)
         return 0
-    torch.backends.cuda.matmul.allow_tf32 = args.tf32
-    torch.backends.cudnn.allow_tf32 = args.tf32
+    if args.tiny:
+        args.model, args.batches, args.steps, args.warmup = "tiny", "2", 1, 1
+    device = "cuda" if cuda else "cpu"
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = args.tf32
+        torch.backends.cudnn.allow_tf32 = args.tf32
+    if args.peak_tflops:
+        bf16, fp32 = (float(x) for x in args.peak_tflops.split(","))
+        peaks = {"bf16": bf16, "fp32": fp32}
+    else:
+        peaks = peak_tflops(torch.cuda.get_device_name(), args.tf32) if cuda else None
     batches = tuple(int(b) for b in args.batches.split(","))
     t0 = time.perf_counter()
-    rows = measure(args.model, batches, steps=args.steps, warmup=args.warmup)
+    rows = measure(args.model, batches, steps=args.steps, warmup=args.warmup, device=device, peaks=peaks)
     print_table(rows)
+    if peaks is None:
+        print("(MFU n/a: no peak known for this device; pass --peak-tflops BF16,FP32)")
     print(f"(fp32 matmuls {'with' if args.tf32 else 'without'} TF32; {time.perf_counter() - t0:.0f} s in all)")
     ratio = speedup(rows, max(batches))
     if ratio is None:

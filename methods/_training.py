@@ -62,15 +62,22 @@ def through_adapters(clf, features: torch.Tensor) -> torch.Tensor:
 
 
 def resolve_precision(precision: str, device: torch.device, name: str) -> str:
-    """``auto`` is fp16 on CUDA (as the official codes) and fp32 elsewhere; fp16/amp need CUDA."""
+    """``auto`` is fp16 on CUDA (as the official codes) and fp32 elsewhere; fp16 needs CUDA; ``amp``
+    (autocast) runs on the trial's device in :func:`amp_dtype`."""
     choices = ("auto", "fp16", "fp32", "amp")
     if precision not in choices:
         raise BenchError(f"bad value {precision!r} for '{name}.precision': choose one of {', '.join(choices)}")
     if precision == "auto":
         return "fp16" if device.type == "cuda" else "fp32"
-    if precision in ("fp16", "amp") and device.type != "cuda":
+    if precision == "fp16" and device.type != "cuda":
         raise BenchError(f"{name}.precision={precision} needs a CUDA device; use {name}.precision=fp32 on CPU")
     return precision
+
+
+def amp_dtype(device: torch.device) -> torch.dtype:
+    """The autocast dtype of ``precision=amp``: fp16 on CUDA (with loss scaling), bf16 elsewhere (CPU
+    autocast's type; no loss scaling needed)."""
+    return torch.float16 if device.type == "cuda" else torch.bfloat16
 
 
 def view_for_epoch(epoch: int, views: int) -> int:

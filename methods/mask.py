@@ -76,6 +76,12 @@ def task_loss(logits, labels, scores: Mapping[str, torch.Tensor], reg_weight: fl
     return F.cross_entropy(logits, labels) + reg_weight * reg
 
 
+def bf16_autocast(device: torch.device) -> Callable:
+    """A factory of bf16 autocast contexts on ``device``'s type (``mask.bf16``): CUDA on a GPU, and CPU
+    autocast on a CPU, so the mixed-precision path can be run and checked without a GPU."""
+    return lambda: torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+
+
 def rmt_step(visual, head: Callable, scores: dict[str, torch.Tensor], opt: torch.optim.Optimizer,
              images: torch.Tensor, labels: torch.Tensor, *, threshold: float, reg_weight: float,
              gdr: bool, lam: float, temperature: float = 1.0, generator: torch.Generator | None = None,
@@ -141,7 +147,7 @@ class MaskTuning(Method):
         layers: str = "all"  # blocks to mask: "all", "8-11", "0,5,-1"
         patch_embed: bool = True
         lowercase: bool = False  # train against lower-cased class-name text weights (R-AMT's trainer)
-        bf16: bool = False  # CUDA only: bf16 autocast of the forward passes
+        bf16: bool = False  # bf16 autocast of the forward passes, on the trial's device (CUDA or CPU)
 
         def __post_init__(self):
             if not LAYERS.match(str(self.layers).replace(" ", "")):
@@ -174,9 +180,7 @@ class MaskTuning(Method):
         if cfg.lowercase:
             head = ZeroShotHead(ctx.text_weights(lower=True), clf.logit_scale).to(ctx.device)
 
-        cuda = ctx.device.type == "cuda"
-        autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cfg.bf16 and cuda \
-            else contextlib.nullcontext
+        autocast = bf16_autocast(ctx.device) if cfg.bf16 else contextlib.nullcontext
         loader = ctx.loader("train", ctx.train_transform((cfg.crop_scale_min, 1.0)), batch_size=cfg.batch_size,
                             shuffle=True, drop_last=True, generator=ctx.generator(11))
         per_epoch = max(len(loader), 1)

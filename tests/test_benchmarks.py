@@ -89,8 +89,21 @@ def test_gpu_throughput_without_cuda(monkeypatch, capsys):
 def test_gpu_throughput_step_on_cpu():
     gpu = load("gpu_throughput")
     rows = gpu.measure("tiny", batches=(2,), precisions=("fp32", "bf16"), steps=1, warmup=1, device="cpu",
-                       n_classes=4, log=lambda *a: None)
+                       n_classes=4, log=lambda *a: None, peaks={"bf16": 2.0, "fp32": 1.0})
     assert [(r["batch"], r["precision"]) for r in rows] == [(2, "fp32"), (2, "bf16")]
+    assert [r["mfu"] for r in rows] == [rows[0]["model_tflops"] / 1.0, rows[1]["model_tflops"] / 2.0]
+    assert gpu.peak_tflops("NVIDIA H100 PCIe", tf32=True) == {"bf16": 756.0, "fp32": 378.0}
+    assert gpu.peak_tflops("NVIDIA A100-SXM4-80GB", tf32=False)["fp32"] == 19.5
+    assert gpu.peak_tflops("cpu", tf32=False) is None
     assert all(r["error"] is None and r["images_per_s"] > 0 and r["model_tflops"] > 0 for r in rows)
     assert gpu.speedup(rows, 2) > 0
     gpu.print_table(rows)
+
+
+def test_coop_step_variants_agree_and_are_timed():
+    coop_step = load("coop_step")
+    out = coop_step.measure("tiny", classes=8, repeats=1, warmup=0, batch=4, log=lambda *a: None)
+    assert set(out["seconds"]) == {"official", "truncated", "shared prefix"}
+    assert all(t > 0 for t in out["seconds"].values()) and out["speedup"] > 0 and out["speedup_official"] > 0
+    assert out["prefix"] == 17 and out["prefix"] < out["length"] < 77
+    coop_step.print_table(out)
