@@ -20,19 +20,29 @@ from matplotlib import colormaps
 from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 
+from .errors import BenchError
 from .intervals import PredictionScores, accuracy_intervals, gain_intervals, label_column
-from .report import _dataset_order, _label_order as _stack_order, accuracy_tables, gain_rows
-
-MASK = "mask"
+from .registry import get_method, methods
+from .report import _dataset_order, _label_order as _stack_order, _split_stack, accuracy_tables, gain_rows
 
 MARKERS = "osD^vP*Xh<>pd"
 _GREY = (0.35, 0.35, 0.35)
 
 
 # -- styles ------------------------------------------------------------------------------------------
+def baseline() -> str:
+    """The method every stack is compared with (the one declaring ``gain_baseline``: zero-shot)."""
+    return next((name for name, m in methods().items() if m.gain_baseline), "")
+
+
 def family(stack: str) -> str:
-    """The unmasked stack a stack pairs with: ``coop+mask`` -> ``coop``, ``mask`` -> ``zeroshot``."""
-    return "+".join(p for p in stack.split("+") if p != MASK) or "zeroshot"
+    """The stack a stack pairs with, without its ``stacked_gain`` methods: ``coop+mask`` -> ``coop``;
+    ``mask`` alone -> the baseline (zero-shot)."""
+    return _split_stack(stack)[0] or baseline()
+
+
+def stacked(stack: str) -> bool:
+    return _split_stack(stack)[1]
 
 
 def _lighter(colour, amount: float = 0.5) -> tuple:
@@ -55,9 +65,9 @@ def stack_styles(rows: pd.DataFrame) -> dict[str, dict]:
     hues = [c for i, c in enumerate(colormaps["tab10"].colors) if i != 7]  # tab10's grey is zeroshot's
     extra = iter(colormaps["Dark2"].colors + colormaps["Set1"].colors)
     base_colour = {}
-    for i, fam in enumerate(f for f in families if f != "zeroshot"):
+    for i, fam in enumerate(f for f in families if f != baseline()):
         base_colour[fam] = hues[i] if i < len(hues) else next(extra, colormaps["hsv"](i / len(families)))
-    base_colour["zeroshot"] = _GREY
+    base_colour[baseline()] = _GREY
     styles, members = {}, {}
     for label in labels:
         fam = family(stack_of[label])
@@ -67,7 +77,7 @@ def stack_styles(rows: pd.DataFrame) -> dict[str, dict]:
         group = members[fam]
         paired = len(group) > 1
         for m_index, label in enumerate(group):
-            masked = MASK in stack_of[label].split("+")
+            masked = stacked(stack_of[label])
             colour = base_colour[fam]
             if m_index > 1:  # a third variant of a family (a label with other settings): a colour of its own
                 colour = next(extra, colormaps["hsv"]((f_index + m_index / 7) / len(families)))
@@ -190,7 +200,7 @@ def mask_gains(rows: pd.DataFrame, mean: pd.DataFrame) -> pd.DataFrame:
     for name in gains.index:
         a, b = str(name).split(" vs ", 1)
         sa, sb = stack_of.get(a, a), stack_of.get(b, b)
-        if MASK in sa.split("+") and family(sa) == sb:
+        if stacked(sa) and family(sa) == sb:
             keep.append(name)
     return gains.loc[keep]
 
@@ -228,7 +238,7 @@ def gains_figure(rows: pd.DataFrame, scores: PredictionScores | None = None, met
         ax.set_xlim(-0.5, len(columns) - 0.5)
         ax.set_ylabel("gain (points)")
         has_ci = ci is not None and ci.notna().any().any()
-        ax.set_title(f"{k}-shot: +mask minus base" + ("; bars: 95 % paired-bootstrap intervals" if has_ci else ""),
+        ax.set_title(f"{k}-shot: each stack minus its base" + ("; bars: 95 % paired-bootstrap intervals" if has_ci else ""),
                      fontsize=10)
         ax.grid(axis="y", alpha=0.3)
     _legend(fig, axes[0], len(panels[0][2]))
@@ -250,22 +260,23 @@ def tensor_place(name: str) -> tuple[int, str]:
 
 
 def mask_shares(rows: pd.DataFrame, artifact_dir: Callable[[str], Path | None]) -> pd.DataFrame:
-    """% of weights switched off per trial and masked tensor, from the masks each ``mask`` trial saved
-    (``<artifact_dir>/mask/mask.safetensors``): columns dataset, shots, seed, trial_id, block, tensor, off."""
-    from bench.methods.mask import MASKS_FILE, load_masks
-
+    """% of weights switched off per trial and tensor, from what each trial's methods saved
+    (``Method.switched_off``, e.g. mask's bit-packed masks): columns dataset, shots, seed, trial_id, block,
+    tensor, off."""
     out = []
-    masked = rows[(rows["status"] == "ok") & rows["stack"].str.split("+").apply(lambda p: MASK in p)]
-    for row in masked.itertuples(index=False):
+    for row in rows[rows["status"] == "ok"].itertuples(index=False):
         folder = artifact_dir(row.trial_id)
-        path = None if folder is None else Path(folder) / MASK / MASKS_FILE
-        if path is None or not path.is_file():
+        if folder is None or not Path(folder).is_dir():
             continue
-        for name, mask in load_masks(path).items():
-            block, tensor = tensor_place(name)
-            out.append({"dataset": row.dataset, "shots": int(row.shots), "seed": int(row.seed),
-                        "trial_id": row.trial_id, "block": block, "tensor": tensor,
-                        "off": 100.0 * float((~mask).sum()) / max(mask.numel(), 1)})
+        for part in row.stack.split("+"):
+            try:
+                shares = get_method(part).switched_off(Path(folder)) or {}
+            except BenchError:  # a plugin no longer installed
+                shares = {}
+            for name, off in shares.items():
+                block, tensor = tensor_place(name)
+                out.append({"dataset": row.dataset, "shots": int(row.shots), "seed": int(row.seed),
+                            "trial_id": row.trial_id, "block": block, "tensor": tensor, "off": off})
     return pd.DataFrame(out, columns=["dataset", "shots", "seed", "trial_id", "block", "tensor", "off"])
 
 
@@ -298,7 +309,7 @@ def masks_figure(rows: pd.DataFrame, artifact_dir: Callable[[str], Path | None])
                         color="white" if value > 0.6 * top else "black")
     fig.colorbar(image, ax=ax, label="% of the tensor switched off")
     n = shares["trial_id"].nunique()
-    ax.set_title(f"Where the masks fall (mean of {n} mask files)", fontsize=10)
+    ax.set_title(f"Where the masks fall (mean over {n} trials' saved masks)", fontsize=10)
     fig.tight_layout()
     return fig
 

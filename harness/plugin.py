@@ -64,6 +64,7 @@ class Method:
     Config: ClassVar[type] = NoConfig
     version: ClassVar[str] = "1"  # bump when a change alters results: it is part of the trial id
     trains: ClassVar[str] = ""  # one line: what is trained and how (shown by `bench list methods`)
+    row_fields: ClassVar[tuple[str, ...]] = ()  # numeric fit() outputs that get a row column of their own
     transfers_to_new_classes: ClassVar[bool] = True  # can be rebuilt for unseen class names (base-to-new)
     # How reports line the method up (the engine names no method):
     reference: ClassVar[bool] = False  # a reference row (zero-shot, linear probe): listed first
@@ -107,6 +108,12 @@ class Method:
         raise NotImplementedError
 
     @classmethod
+    def switched_off(cls, artifact_dir: Path) -> dict[str, float] | None:
+        """% of each weight tensor this method switched off in a trial, read from the files it saved in the
+        trial's artifact folder (the report's figure of where masks fall); None when it switches none off."""
+        return None
+
+    @classmethod
     def reusable(cls) -> bool:
         return cls.export is not Method.export and cls.restore is not Method.restore
 
@@ -114,7 +121,7 @@ class Method:
     def fit(self, clf, ctx) -> dict[str, Any]:
         """Train on ``ctx`` (the trial's few-shot data) and install the result into ``clf``.
 
-        Returns extra row fields (e.g. ``{"mask_sparsity": 2.5}``); unknown keys go to ``extras``.
+        Returns row fields: those named in ``row_fields`` become columns, the rest go to ``extras``.
         """
         raise NotImplementedError
 
@@ -160,6 +167,8 @@ def coerce(name: str, value: Any, hint: Any) -> Any:
             return None
         return coerce(name, value, args[0])
     if origin in (tuple, list):
+        if not isinstance(value, (str, tuple, list)):
+            raise BenchError(f"bad value {value!r} for '{name}': expected a comma list, e.g. 0.5,1.0")
         items = value.split(",") if isinstance(value, str) else list(value)
         inner = args[0] if args else str
         out = [coerce(name, v, inner) for v in items]

@@ -123,7 +123,7 @@ def run_trial(spec: TrialSpec, progress: Callable[[str], None] = lambda m: None,
         torch.cuda.reset_peak_memory_stats()
     ctx = build_context(spec, progress)
     ctx.artifact_dir = artifact_dir
-    row: dict[str, Any] = {"mask_sparsity": None, "extras": {}}
+    row: dict[str, Any] = {"extras": {}}
     if ctx.short_classes:  # Dassl takes every image of a class smaller than K; say so in the row
         row["extras"]["classes_with_fewer_than_k"] = ctx.short_classes
     trainable = 0
@@ -137,7 +137,7 @@ def run_trial(spec: TrialSpec, progress: Callable[[str], None] = lambda m: None,
         out = fit_stage(method, ctx, stages, spec.stage_key(i) if stages else None, progress)
         trainable += int(out.pop("trainable_params", 0))
         for key in list(out):
-            if key in ROW_EXTRA_KEYS:
+            if key in plugin.row_fields:
                 row[key] = out.pop(key)
         row["extras"].update({f"{plugin.name}.{k}": v for k, v in out.items()})
         if plugin.slot == Slot.ENCODER:
@@ -191,8 +191,6 @@ def fit_stage(method, ctx: TrialContext, stages: StageCache | None, key: str | N
         return out
 
 
-# Row fields a method may return from fit() besides trainable_params.
-ROW_EXTRA_KEYS = {"mask_sparsity", "mask_sparsity_encoder"}
 
 
 def peak_memory_mb(device: str) -> float:

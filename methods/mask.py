@@ -128,6 +128,7 @@ class MaskTuning(Method):
     slot = Slot.ENCODER
     version = "1"
     stacked_gain = True  # "X+mask vs X": what R-AMT adds on top of a method
+    row_fields = ("mask_sparsity", "mask_sparsity_encoder")
 
     @dataclasses.dataclass
     class Config:
@@ -156,6 +157,13 @@ class MaskTuning(Method):
     @classmethod
     def defaults_for(cls, dataset: str, shots: int) -> dict:
         return {"lr": 3e-5, "epochs": 10} if dataset.lower() == "imagenet" else {}
+
+    @classmethod
+    def switched_off(cls, artifact_dir: Path) -> dict[str, float] | None:
+        path = Path(artifact_dir) / cls.name / MASKS_FILE
+        if not path.is_file():
+            return None
+        return {name: 100.0 * float((~mask).sum()) / max(mask.numel(), 1) for name, mask in load_masks(path).items()}
 
     # stage reuse: the masks learned for `mask` serve `coop+mask` etc. on the same data and seed
     def export(self, clf, directory: Path) -> None:
