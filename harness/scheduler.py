@@ -90,12 +90,13 @@ def run_with_ray(specs: list[TrialSpec], *, address: str | None = None, cpus_per
         callback = ProgressCallback(bar, task, folder, counts)
         storage = Path(folder.root) / "tune" if folder.is_local else Path.home() / "ray_results" / "bench"
         fn = tune.with_resources(_trainable, {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
+        from .stage_order import StageAwareSearcher
+
         tuner = tune.Tuner(
             fn,
-            param_space={"spec": tune.grid_search([s.to_dict() for s in by_id.values()]),
-                         "cpus": cpus_per_trial},
-            tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent, reuse_actors=True,
-                                        trial_dirname_creator=lambda t: t.trial_id),
+            tune_config=tune.TuneConfig(search_alg=StageAwareSearcher(by_id.values(), cpus_per_trial),
+                                        num_samples=len(by_id), max_concurrent_trials=max_concurrent,
+                                        reuse_actors=True, trial_dirname_creator=lambda t: t.trial_id),
             run_config=tune.RunConfig(name=f"tune-{time.strftime('%Y%m%d-%H%M%S')}",
                                       storage_path=str(storage.resolve()), verbose=0,
                                       callbacks=[callback],
