@@ -2,9 +2,15 @@
 
 The trainable writes its own Parquet row (harness.execute), so results never depend on Tune's state;
 Tune's files live under ``<run>/tune`` for debugging only.
+
+On a cluster a trial whose process or node dies (a lost worker node, an out-of-memory kill) is
+rescheduled by Tune on any node with room, up to ``MAX_RETRIES`` times; after that it becomes an error
+row and the run exits non-zero. Local paths in the specs are made absolute before they are shipped, so
+every node reads the same data and writes to the same results path.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -15,8 +21,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
     TimeRemainingColumn
 
 from .errors import BenchError
-from .results import RunFolder
+from .results import RowWriteError, RunFolder
 from .spec import TrialSpec
+
+MAX_RETRIES = 2  # restarts of a trial whose process or node died, before it is recorded as lost
 
 _QUIET_ENV = {
     "RAY_CHDIR_TO_TRIAL_DIR": "0",  # keep the launch directory as the trials' cwd
@@ -35,8 +43,28 @@ def _trainable(config: dict[str, Any]) -> None:
     from .execute import execute_trial
 
     torch.set_num_threads(max(1, int(config["cpus"])))
-    row = execute_trial(TrialSpec.from_dict(config["spec"]))
-    tune.report({"ok": row["status"] == "ok", "top1": row.get("top1") or float("nan")})
+    where = _this_node()
+    try:
+        row = execute_trial(TrialSpec.from_dict(config["spec"]), where=where)
+    except RowWriteError as err:  # the driver records it: as an error row if it can reach the store itself
+        tune.report({"ok": False, "unsaved": str(err), **where})
+        return
+    tune.report({"ok": row["status"] == "ok", "top1": row.get("top1") or float("nan"), **where})
+
+
+def _this_node() -> dict[str, str]:
+    import ray
+
+    return {"node_id": ray.get_runtime_context().get_node_id(), "node_ip": ray.util.get_node_ip_address()}
+
+
+def _absolute_paths(spec: TrialSpec) -> TrialSpec:
+    """Local paths resolved on the driver: a worker on another node has another working directory."""
+    def absolute(path: str | None) -> str | None:
+        return path if path is None or "://" in path else str(Path(path).expanduser().resolve())
+
+    return dataclasses.replace(spec, results=absolute(spec.results), data_root=absolute(spec.data_root),
+                               cache_dir=absolute(spec.cache_dir))
 
 
 def _prepare_env(address: str | None) -> None:
@@ -75,6 +103,7 @@ def run_with_ray(specs: list[TrialSpec], *, address: str | None = None, cpus_per
     console = console or Console(stderr=True)
     if not specs:
         return {"ok": 0, "error": 0, "lost": 0}
+    specs = [_absolute_paths(s) for s in specs]
     folder = RunFolder(specs[0].results, specs[0].run)
     _init_ray(address, None)
     by_id = {s.trial_id: s for s in specs}
@@ -99,7 +128,8 @@ def run_with_ray(specs: list[TrialSpec], *, address: str | None = None, cpus_per
             run_config=tune.RunConfig(name=f"tune-{time.strftime('%Y%m%d-%H%M%S')}",
                                       storage_path=str(storage.resolve()), verbose=0,
                                       callbacks=[callback],
-                                      failure_config=tune.FailureConfig(max_failures=0)),
+                                      failure_config=tune.FailureConfig(max_failures=MAX_RETRIES)),
         )
         tuner.fit()
+    callback.raise_problems()
     return counts
