@@ -72,7 +72,10 @@ def _prepare_env(address: str | None) -> None:
     for key, value in _QUIET_ENV.items():
         os.environ.setdefault(key, value)
     # `ray start` turns token authentication on; a driver joining it must present the token too.
-    if address and "RAY_AUTH_MODE" not in os.environ and (Path.home() / ".ray" / "auth_token").is_file():
+    # The token comes from RAY_AUTH_TOKEN, the file named by RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token.
+    has_token = "RAY_AUTH_TOKEN" in os.environ or "RAY_AUTH_TOKEN_PATH" in os.environ or (
+        Path.home() / ".ray" / "auth_token").is_file()
+    if address and "RAY_AUTH_MODE" not in os.environ and has_token:
         os.environ["RAY_AUTH_MODE"] = "token"
 
 

@@ -56,7 +56,8 @@ class ProgressCallback(tune.Callback):
         spec = TrialSpec.from_dict(trial.config["spec"])
         self.bar.console.print(f"trial {spec.trial_id} ({spec.dataset}, {spec.shots}-shot, seed {spec.seed}, "
                                f"{spec.stack}) lost its process or node; rescheduled "
-                               f"(attempt {trial.num_failures + 1} of {trial.max_failures + 1})", highlight=False)
+                               f"(attempt {trial.num_failures + 1} of {trial.max_failures + 1})", highlight=False,
+                               soft_wrap=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._record_error(trial, f"trial process died {trial.num_failures} times (killed, out of memory, or its "
