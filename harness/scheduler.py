@@ -11,6 +11,7 @@ every node reads the same data and writes to the same results path.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import time
 from pathlib import Path
@@ -96,6 +97,18 @@ def _init_ray(address: str | None, num_cpus: float | None) -> None:
                  log_to_driver=False, logging_level="ERROR", object_store_memory=256 * 2**20)
 
 
+class _DropTrialTaskFailures(logging.Filter):
+    """Tune logs the driver-side traceback of every dead trial process, which says nothing about the
+    trial; bench prints one line per reschedule instead, and the error row says what happened.
+    Exceptions raised by the trainable itself (bugs) keep their traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from ray.exceptions import RayActorError
+
+        return not (record.getMessage().startswith("Trial task failed") and record.exc_info
+                    and isinstance(record.exc_info[1], RayActorError))
+
+
 def run_with_ray(specs: list[TrialSpec], *, address: str | None = None, cpus_per_trial: float = 1.0,
                  gpus_per_trial: float = 0.0, max_concurrent: int | None = None,
                  console: Console | None = None) -> dict[str, int]:
@@ -109,6 +122,9 @@ def run_with_ray(specs: list[TrialSpec], *, address: str | None = None, cpus_per
     specs = [_absolute_paths(s) for s in specs]
     folder = RunFolder(specs[0].results, specs[0].run)
     _init_ray(address, None)
+    tune_log = logging.getLogger("ray.tune.execution.tune_controller")
+    if not any(isinstance(f, _DropTrialTaskFailures) for f in tune_log.filters):
+        tune_log.addFilter(_DropTrialTaskFailures())
     by_id = {s.trial_id: s for s in specs}
     counts = {"ok": 0, "error": 0, "lost": 0}
 

@@ -55,13 +55,13 @@ class ProgressCallback(tune.Callback):
     def on_trial_recover(self, iteration, trials, trial, **info):
         spec = TrialSpec.from_dict(trial.config["spec"])
         self.bar.console.print(f"trial {spec.trial_id} ({spec.dataset}, {spec.shots}-shot, seed {spec.seed}, "
-                               f"{spec.stack}) lost its process or node; rescheduled "
+                               f"{spec.stack}): {_what_happened(trial)}; rescheduled "
                                f"(attempt {trial.num_failures + 1} of {trial.max_failures + 1})", highlight=False,
                                soft_wrap=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._record_error(trial, f"trial process died {trial.num_failures} times (killed, out of memory, or its "
-                                  "node was lost); rerun with --retry-failed")
+        self._record_error(trial, f"{_what_happened(trial)} ({trial.num_failures} attempts); "
+                                  "rerun with --retry-failed")
         self._advance("lost")
 
     def raise_problems(self) -> None:
@@ -71,3 +71,14 @@ class ProgressCallback(tune.Callback):
             raise BenchError(f"{len(self.unseen)} trials finished on other nodes but their rows are not under "
                              f"{self.folder.location}: make --results a path every node sees (a shared file "
                              "system) or an object store URI such as s3://bucket/prefix")
+
+
+def _what_happened(trial) -> str:
+    """A dead process or node (Ray's actor error), or an exception that escaped the trainable (a bug)."""
+    from ray.exceptions import RayActorError
+
+    err = trial.get_pickled_error()
+    if err is None or isinstance(err, RayActorError):
+        return "trial process died (killed, out of memory, or its node was lost)"
+    cause = getattr(err, "cause", None) or err
+    return f"trial raised {type(cause).__name__}: {str(cause).strip().splitlines()[-1][:300] if str(cause).strip() else ''}"
