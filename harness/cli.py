@@ -114,7 +114,7 @@ def _run_locked(folder, specs, suite, *, retry_failed, address, cpus_per_trial, 
     done, failed = folder.done_ids(), folder.failed_ids()
     todo = [s for s in specs if (s.trial_id in failed if retry_failed else s.trial_id not in done)]
     err.print(f"[bold]{folder.run}[/]: {len(specs)} trials, {len(specs) - len(todo)} already done or skipped, "
-              f"running {len(todo)} -> {folder.root}")
+              f"running {len(todo)} -> {folder.location}")
     if not todo:
         return
     from .scheduler import run_with_ray
@@ -212,13 +212,12 @@ def report(
 ):
     """Paper-style tables of a run: mean over seeds per stack and dataset, Average, gain rows."""
     from .report import errors_table, load_rows
-    from .results import RunFolder, list_runs
+    from .results import RunFolder, latest_run
 
     if run_name is None:
-        runs = list_runs(results)
-        if not runs:
+        run_name = latest_run(results)
+        if run_name is None:
             raise BenchError(f"no runs under {results}; run `bench run` first or pass --results")
-        run_name = max(runs, key=lambda r: (Path(results) / r / "trials").stat().st_mtime)
     if compare not in (None, "paper"):
         raise BenchError(f"--compare takes 'paper', got '{compare}'")
     rows = load_rows(results, run_name)

@@ -8,15 +8,15 @@ import traceback
 from typing import Any, Callable
 
 from .errors import BenchError
-from .results import RunFolder
+from .results import RowWriteError, RunFolder
 from .spec import TrialSpec
 from .trial import run_trial, spec_fields
 
 
-def error_row(spec: TrialSpec, message: str) -> dict[str, Any]:
+def error_row(spec: TrialSpec, message: str, where: dict[str, Any] | None = None) -> dict[str, Any]:
     now = dt.datetime.now(dt.timezone.utc)
     return {**safe_spec_fields(spec), "status": "error", "error": message, "hostname": socket.gethostname(),
-            "started_at": now, "finished_at": now}
+            **(where or {}), "started_at": now, "finished_at": now}
 
 
 def safe_spec_fields(spec: TrialSpec) -> dict[str, Any]:
@@ -35,23 +35,31 @@ def _id_or_none(spec: TrialSpec) -> str | None:
         return None
 
 
-def execute_trial(spec: TrialSpec, progress: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
+def execute_trial(spec: TrialSpec, progress: Callable[[str], None] = lambda m: None,
+                  where: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run ``spec`` and write its row into the run folder; a failure becomes an error row.
 
+    ``where`` names the place that ran it (the Ray node's ``node_id`` and ``node_ip``) and goes into the row.
     The traceback of an unexpected failure is written next to the rows as ``<trial_id>.traceback.txt``.
+    Artifacts reach the results location before the row does, so a row never points at missing files.
+    Raises ``RowWriteError`` when the row itself cannot be stored (an object store that refuses the PUT).
     """
     folder = RunFolder(spec.results, spec.run)
+    where = where or {}
+    artifacts = folder.artifact_dir(spec.trial_id)
     try:
-        row = {**spec_fields(spec), "hostname": socket.gethostname(),
-               **run_trial(spec, progress, artifact_dir=folder.artifact_dir(spec.trial_id),
+        row = {**spec_fields(spec), "hostname": socket.gethostname(), **where,
+               **run_trial(spec, progress, artifact_dir=artifacts,
                           keep_predictions=functools.partial(folder.write_predictions, spec.trial_id))}
     except BenchError as err:
-        row = error_row(spec, str(err))
+        row = error_row(spec, str(err), where)
     except Exception as err:  # a bug or a resource problem inside one trial must not end the run
-        row = error_row(spec, f"{type(err).__name__}: {err}".splitlines()[0][:500])
-        tb = folder.artifact_dir(spec.trial_id)
-        if tb is not None:
-            tb.mkdir(parents=True, exist_ok=True)
-            (tb / "traceback.txt").write_text(traceback.format_exc())
+        row = error_row(spec, f"{type(err).__name__}: {err}".splitlines()[0][:500], where)
+        artifacts.mkdir(parents=True, exist_ok=True)
+        (artifacts / "traceback.txt").write_text(traceback.format_exc())
+    try:
+        folder.publish_artifacts(spec.trial_id)
+    except RowWriteError as err:
+        row = error_row(spec, f"artifacts not saved: {err}", where)
     folder.write_row(row)
     return row

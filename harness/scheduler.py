@@ -2,9 +2,16 @@
 
 The trainable writes its own Parquet row (harness.execute), so results never depend on Tune's state;
 Tune's files live under ``<run>/tune`` for debugging only.
+
+On a cluster a trial whose process or node dies (a lost worker node, an out-of-memory kill) is
+rescheduled by Tune on any node with room, up to ``MAX_RETRIES`` times; after that it becomes an error
+row and the run exits non-zero. Local paths in the specs are made absolute before they are shipped, so
+every node reads the same data and writes to the same results path.
 """
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
 import time
 from pathlib import Path
@@ -15,8 +22,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
     TimeRemainingColumn
 
 from .errors import BenchError
-from .results import RunFolder
+from .results import RowWriteError, RunFolder
 from .spec import TrialSpec
+
+MAX_RETRIES = 2  # restarts of a trial whose process or node died, before it is recorded as lost
 
 _QUIET_ENV = {
     "RAY_CHDIR_TO_TRIAL_DIR": "0",  # keep the launch directory as the trials' cwd
@@ -35,8 +44,28 @@ def _trainable(config: dict[str, Any]) -> None:
     from .execute import execute_trial
 
     torch.set_num_threads(max(1, int(config["cpus"])))
-    row = execute_trial(TrialSpec.from_dict(config["spec"]))
-    tune.report({"ok": row["status"] == "ok", "top1": row.get("top1") or float("nan")})
+    where = _this_node()
+    try:
+        row = execute_trial(TrialSpec.from_dict(config["spec"]), where=where)
+    except RowWriteError as err:  # the driver records it: as an error row if it can reach the store itself
+        tune.report({"ok": False, "unsaved": str(err), **where})
+        return
+    tune.report({"ok": row["status"] == "ok", "top1": row.get("top1") or float("nan"), **where})
+
+
+def _this_node() -> dict[str, str]:
+    import ray
+
+    return {"node_id": ray.get_runtime_context().get_node_id(), "node_ip": ray.util.get_node_ip_address()}
+
+
+def _absolute_paths(spec: TrialSpec) -> TrialSpec:
+    """Local paths resolved on the driver: a worker on another node has another working directory."""
+    def absolute(path: str | None) -> str | None:
+        return path if path is None or "://" in path else str(Path(path).expanduser().resolve())
+
+    return dataclasses.replace(spec, results=absolute(spec.results), data_root=absolute(spec.data_root),
+                               cache_dir=absolute(spec.cache_dir))
 
 
 def _prepare_env(address: str | None) -> None:
@@ -44,7 +73,10 @@ def _prepare_env(address: str | None) -> None:
     for key, value in _QUIET_ENV.items():
         os.environ.setdefault(key, value)
     # `ray start` turns token authentication on; a driver joining it must present the token too.
-    if address and "RAY_AUTH_MODE" not in os.environ and (Path.home() / ".ray" / "auth_token").is_file():
+    # The token comes from RAY_AUTH_TOKEN, the file named by RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token.
+    has_token = "RAY_AUTH_TOKEN" in os.environ or "RAY_AUTH_TOKEN_PATH" in os.environ or (
+        Path.home() / ".ray" / "auth_token").is_file()
+    if address and "RAY_AUTH_MODE" not in os.environ and has_token:
         os.environ["RAY_AUTH_MODE"] = "token"
 
 
@@ -65,6 +97,18 @@ def _init_ray(address: str | None, num_cpus: float | None) -> None:
                  log_to_driver=False, logging_level="ERROR", object_store_memory=256 * 2**20)
 
 
+class _DropTrialTaskFailures(logging.Filter):
+    """Tune logs the driver-side traceback of every dead trial process, which says nothing about the
+    trial; bench prints one line per reschedule instead, and the error row says what happened.
+    Exceptions raised by the trainable itself (bugs) keep their traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from ray.exceptions import RayActorError
+
+        return not (record.getMessage().startswith("Trial task failed") and record.exc_info
+                    and isinstance(record.exc_info[1], RayActorError))
+
+
 def run_with_ray(specs: list[TrialSpec], *, address: str | None = None, cpus_per_trial: float = 1.0,
                  gpus_per_trial: float = 0.0, max_concurrent: int | None = None,
                  console: Console | None = None) -> dict[str, int]:
@@ -75,8 +119,12 @@ def run_with_ray(specs: list[TrialSpec], *, address: str | None = None, cpus_per
     console = console or Console(stderr=True)
     if not specs:
         return {"ok": 0, "error": 0, "lost": 0}
+    specs = [_absolute_paths(s) for s in specs]
     folder = RunFolder(specs[0].results, specs[0].run)
     _init_ray(address, None)
+    tune_log = logging.getLogger("ray.tune.execution.tune_controller")
+    if not any(isinstance(f, _DropTrialTaskFailures) for f in tune_log.filters):
+        tune_log.addFilter(_DropTrialTaskFailures())
     by_id = {s.trial_id: s for s in specs}
     counts = {"ok": 0, "error": 0, "lost": 0}
 
@@ -100,7 +148,8 @@ def run_with_ray(specs: list[TrialSpec], *, address: str | None = None, cpus_per
             run_config=tune.RunConfig(name=f"tune-{time.strftime('%Y%m%d-%H%M%S')}",
                                       storage_path=str(storage.resolve()), verbose=0,
                                       callbacks=[callback],
-                                      failure_config=tune.FailureConfig(max_failures=0)),
+                                      failure_config=tune.FailureConfig(max_failures=MAX_RETRIES)),
         )
         tuner.fit()
+    callback.raise_problems()
     return counts

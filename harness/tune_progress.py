@@ -1,17 +1,22 @@
 """The Tune callback behind `bench run`'s progress line (imported only once Ray's environment is set)."""
 from __future__ import annotations
 
+import pyarrow.fs as pafs
 from ray import tune
 
-from .results import RunFolder
+from .errors import BenchError
+from .results import RowWriteError, RunFolder
 from .spec import TrialSpec
 
 
 class ProgressCallback(tune.Callback):
-    """Advances the rich progress bar; records trials whose worker died without writing a row."""
+    """Advances the rich progress bar; records trials whose worker died without writing a row, and rows the
+    driver cannot see (a store that refused them, or a --results path that is not shared by every node)."""
 
     def __init__(self, bar, task, folder: RunFolder, counts: dict[str, int]):
         self.bar, self.task, self.folder, self.counts = bar, task, folder, counts
+        self.unsaved: list[str] = []  # one-line reasons rows could not be stored anywhere
+        self.unseen: list[str] = []  # trial ids reported ok whose row the driver does not find
 
     def __getstate__(self):  # Tune pickles its callbacks with the experiment state; ours are driver-only
         return {}
@@ -20,14 +25,60 @@ class ProgressCallback(tune.Callback):
         self.counts[outcome] += 1
         self.bar.update(self.task, advance=1, failed=self.counts["error"] + self.counts["lost"])
 
+    def _record_error(self, trial, message: str, where: dict | None = None) -> None:
+        """Write an error row from the driver, unless the trial's row is already there."""
+        spec = TrialSpec.from_dict(trial.config["spec"])
+        try:
+            if spec.trial_id not in self.folder.done_ids():
+                from .execute import error_row
+
+                self.folder.write_row(error_row(spec, message, where))
+        except RowWriteError as err:
+            self.unsaved.append(str(err))
+
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        where = {k: result[k] for k in ("node_id", "node_ip") if k in result}
+        if result.get("unsaved"):
+            self._record_error(trial, f"row not saved on node {where.get('node_ip', '?')}: {result['unsaved']}",
+                               where)
+            self._advance("error")
+            return
+        trial_id = TrialSpec.from_dict(trial.config["spec"]).trial_id
+        try:
+            seen = self.folder.fs.get_file_info(f"{self.folder.trials}/{trial_id}.parquet").type == pafs.FileType.File
+        except OSError:
+            seen = True  # the store is unreachable from here: the final read reports it
+        if not seen:
+            self.unseen.append(trial_id)
         self._advance("ok" if result.get("ok") else "error")
 
-    def on_trial_error(self, iteration, trials, trial, **info):
+    def on_trial_recover(self, iteration, trials, trial, **info):
         spec = TrialSpec.from_dict(trial.config["spec"])
-        if spec.trial_id not in self.folder.done_ids():
-            from .execute import error_row
+        self.bar.console.print(f"trial {spec.trial_id} ({spec.dataset}, {spec.shots}-shot, seed {spec.seed}, "
+                               f"{spec.stack}): {_what_happened(trial)}; rescheduled "
+                               f"(attempt {trial.num_failures + 1} of {trial.max_failures + 1})", highlight=False,
+                               soft_wrap=True)
 
-            self.folder.write_row(error_row(spec, "trial process died (killed or out of memory); "
-                                                  "rerun with --retry-failed"))
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._record_error(trial, f"{_what_happened(trial)} ({trial.num_failures} attempts); "
+                                  "rerun with --retry-failed")
         self._advance("lost")
+
+    def raise_problems(self) -> None:
+        if self.unsaved:
+            raise RowWriteError(f"{len(self.unsaved)} rows could not be saved; first: {self.unsaved[0]}")
+        if self.unseen:
+            raise BenchError(f"{len(self.unseen)} trials finished on other nodes but their rows are not under "
+                             f"{self.folder.location}: make --results a path every node sees (a shared file "
+                             "system) or an object store URI such as s3://bucket/prefix")
+
+
+def _what_happened(trial) -> str:
+    """A dead process or node (Ray's actor error), or an exception that escaped the trainable (a bug)."""
+    from ray.exceptions import RayActorError
+
+    err = trial.get_pickled_error()
+    if err is None or isinstance(err, RayActorError):
+        return "trial process died (killed, out of memory, or its node was lost)"
+    cause = getattr(err, "cause", None) or err
+    return f"trial raised {type(cause).__name__}: {str(cause).strip().splitlines()[-1][:300] if str(cause).strip() else ''}"

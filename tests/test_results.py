@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from bench import BenchError
-from bench.results import SCHEMA, RunFolder, list_runs
+from bench.results import RunFolder, list_runs, schema
 
 
 def test_rows_round_trip_and_temp_files_are_never_read(tmp_path):
@@ -15,7 +15,7 @@ def test_rows_round_trip_and_temp_files_are_never_read(tmp_path):
     # a dead writer's leftover must be ignored
     (tmp_path / "r1" / "trials" / ".tmp-c-123.parquet").write_bytes(b"half a file")
     rows = folder.read()
-    assert list(rows.columns) == SCHEMA.names
+    assert list(rows.columns) == schema().names
     assert sorted(rows.trial_id) == ["a", "b"]
     assert folder.done_ids() == {"a"} and folder.failed_ids() == {"b"}
     # rewriting a trial replaces its row (one file per trial id)
@@ -49,4 +49,4 @@ def test_unwritable_results_folder_is_a_user_error(tmp_path):
 
 def test_empty_run_reads_as_empty_frame(tmp_path):
     rows = RunFolder(tmp_path, "none").read()
-    assert rows.empty and list(rows.columns) == SCHEMA.names
+    assert rows.empty and list(rows.columns) == schema().names
