@@ -131,31 +131,35 @@ class TrialContext:
         """Encoder features [views, N, D] (un-normalised, float32) of a split, in split order.
 
         ``transform=None`` is the test transform (one view suffices); a random train transform gives
-        ``views`` independently augmented passes, seeded from the trial seed and ``stream``. Cached in
-        memory for the trial and, with a cache folder, on disk for every trial that sees the same encoder,
-        files, transform and (for augmented views) seed.
+        ``views`` independently augmented passes, seeded from the trial seed and ``stream`` (pass ``i`` is the
+        same whatever ``views`` is). Each pass is cached in memory for the trial and, with a cache folder, on
+        disk for every trial and method that sees the same encoder, files, transform and seed stream.
         """
         augmented = transform is not None
         what = {"encoder": self.encoder_id, "data": self.spec.dataset_fingerprint, "items": self._items_id(split),
                 "transform": repr(transform) if augmented else ("test", self.image_size, self.mean, self.std),
-                "views": views, "seed": (self.spec.seed, stream) if augmented else None,
-                "device": self.device.type}
-        key = digest(what)
-        if key in self._features:
-            return self._features[key]
-        feats = self.cache.get(key) if self.cache is not None else None
-        if feats is None:
+                "seed": (self.spec.seed, stream) if augmented else None, "device": self.device.type}
+        whole = digest({**what, "views": views})
+        if whole not in self._features:
+            # Each pass is cached on its own, so a method asking for V passes reuses the first ones another
+            # method (or an earlier trial) encoded with the same encoder, files, transform and seed stream.
             gen = self.generator(1000 + stream)
-            out = []
-            for _ in range(views):
-                torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
-                batches = [self.clf.encode(x.to(self.device, non_blocking=True)).float()
-                           for x, _ in self.loader(split, transform)]
-                out.append(torch.cat(batches))
-            feats = torch.stack(out)
-            if self.cache is not None:
-                self.cache.put(key, feats)
-        self._features[key] = feats.to(self.device)
+            seeds = [int(torch.randint(0, 2**31 - 1, (1,), generator=gen)) for _ in range(views)]
+            passes = [self._encoded_pass(digest({**what, "view": i}), split, transform, seed)
+                      for i, seed in enumerate(seeds)]
+            self._features[whole] = passes[0].unsqueeze(0) if views == 1 else torch.stack(passes)
+        return self._features[whole]
+
+    def _encoded_pass(self, key: str, split: str, transform, seed: int) -> torch.Tensor:
+        if key not in self._features:
+            feats = self.cache.get(key) if self.cache is not None else None
+            if feats is None:
+                torch.manual_seed(seed)
+                feats = torch.cat([self.clf.encode(x.to(self.device, non_blocking=True)).float()
+                                   for x, _ in self.loader(split, transform)])
+                if self.cache is not None:
+                    self.cache.put(key, feats)
+            self._features[key] = feats.to(self.device)
         return self._features[key]
 
     def _items_id(self, split: str) -> str:
