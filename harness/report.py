@@ -161,7 +161,11 @@ def _dataset_order(rows: pd.DataFrame) -> list[str]:
     present = list(dict.fromkeys(rows["dataset"]))
     suite = rows["suite"].dropna().iloc[0] if rows["suite"].notna().any() else None
     order = [*load_suite(suite).datasets, *load_suite(suite).shift_targets] if suite in builtin_suites() else []
-    return [d for d in order if d in present] + sorted(d for d in present if d not in order)
+    targets = list(dict.fromkeys(rows["dataset"][rows["shift_source"].notna()])) if "shift_source" in rows else []
+    ordered = [d for d in order if d in present and d not in targets]
+    ordered += sorted(d for d in present if d not in order and d not in targets)
+    targets = [d for d in order if d in targets] + [d for d in targets if d not in order]
+    return ordered + targets  # domain-shift targets after their source, in the suite's order
 
 
 def _split_stack(stack: str) -> tuple[str, bool]:
@@ -283,7 +287,7 @@ def paper_comparisons(rows: pd.DataFrame, mean: pd.DataFrame, shots: int, metric
         first = mine.iloc[0]
         stacks[label], settings[label] = first["stack"], _settings(first)
         models = {normalise_backbone(str(m)) for m in mine["model"]}
-        weights = set(mine["pretrained"].astype(str))
+        weights = {w if isinstance(w, str) and w else "unknown" for w in mine["pretrained"]}
         if weights != {"openai"}:
             no_paper[label] = f"weights {', '.join(sorted(weights))}, not OpenAI's: published numbers are OpenAI CLIP's"
         elif len(models) != 1 or next(iter(models)) not in backbones:
@@ -308,10 +312,11 @@ def paper_comparisons(rows: pd.DataFrame, mean: pd.DataFrame, shots: int, metric
             if stacks[label] not in lines[note]:
                 lines[note].append(stacks[label])
         notes = [f"{', '.join(s)}: {note}" for note, s in lines.items()]
-        out.append(Comparison(backbone, table, notes, {**{k: v for k, v in no_paper.items()}, **why}))
-        no_paper = {}
-    if not out and no_paper:
-        out.append(Comparison("", pd.DataFrame(), [], no_paper))
+        out.append(Comparison(backbone, table, notes, why))
+    if no_paper:  # labels no published model or weights match: said under the first table
+        if not out:
+            out.append(Comparison("", pd.DataFrame(), [], {}))
+        out[0].no_paper = {**no_paper, **out[0].no_paper}
     return out
 
 
