@@ -131,8 +131,8 @@ def _run_locked(folder, specs, suite, *, retry_failed, address, cpus_per_trial, 
 def _print_report(rows, shots, fmt: Format, std: bool, compare: Optional[str] = None, scores=None) -> None:
     for title, header, body, gain, k, mean, metric in _report_tables(rows, shots, std, scores):
         _emit(title, header, body, gain, fmt)
-        if compare and metric == "top1":
-            _print_comparison(rows, mean, k, fmt)
+        if compare:
+            _print_comparison(rows, mean, k, fmt, metric)
 
 
 def _scores(folder):
@@ -145,7 +145,7 @@ def _report_tables(rows, shots, std: bool, scores=None):
     """(title, header, body, gain rows, shots, mean table, metric) per metric and shot count; gain rows carry
     paired-bootstrap intervals where the trials kept their predictions (``scores``)."""
     from .intervals import gain_intervals
-    from .report import accuracy_tables, gain_rows, metrics_of, table_rows, text_rows
+    from .report import gain_rows, metrics_of, protocol_tables, table_rows, text_rows
 
     rows, note = table_rows(rows)
     if note:
@@ -153,7 +153,7 @@ def _report_tables(rows, shots, std: bool, scores=None):
     if rows.empty:
         raise BenchError("no rows left to report after setting aside rows made on other data")
     for metric, caption in metrics_of(rows):
-        for k, (mean, sd) in accuracy_tables(rows, shots, metric).items():
+        for k, (mean, sd) in protocol_tables(rows, shots, metric).items():
             gains = gain_rows(mean)
             ci = gain_intervals(rows[(rows.status == "ok") & (rows.shots == k)], gains, scores, metric) \
                 if scores is not None and len(gains) else None
@@ -163,28 +163,39 @@ def _report_tables(rows, shots, std: bool, scores=None):
             yield (title, *text_rows(mean, sd if std else None, gains, ci), k, mean, metric)
 
 
-def _number(value, signed: bool = False) -> str:
-    return "-" if value != value else (f"{value:+.2f}" if signed else f"{value:.2f}")
+# datasets per block of a compared table on the terminal: 1 + 3 x 4 columns fit 200 characters uncut
+COMPARED_PER_BLOCK = 4
 
 
-def _print_comparison(rows, mean, shots: int, fmt: Format) -> None:
-    from .published import compare as compare_published
+def _print_comparison(rows, mean, shots: int, fmt: Format, metric: str = "top1") -> None:
+    """The run's table beside the published numbers of its protocol and metric, per backbone; under each, the
+    published cells' caveats and why rows have no paper value. The terminal gets blocks of datasets, the
+    other formats one complete table."""
+    from .report import comparison_rows, paper_comparisons
 
-    from .suite import load_suite
-
-    backbone = rows["model"].dropna().iloc[0]
-    if not set(load_suite("fewshot11").datasets) <= set(mean.columns):
-        mean = mean.drop(columns="Average")  # a published average spans all 11 datasets
-    table = compare_published(mean, shots, backbone)
-    title = f"{shots}-shot: this run vs published ({backbone})"
-    has_paper = [d for d in dict.fromkeys(d for d, _ in table.columns) if table[(d, "paper")].notna().any()]
-    if not has_paper:
-        out.print(f"{title}: no published numbers for these methods and datasets")
-        return
-    header = ["method", *(f"{d} {part}" for d in has_paper for part in ("ours", "paper", "diff"))]
-    body = [[stack, *(_number(table.at[stack, (d, part)], signed=part == "diff")
-                      for d in has_paper for part in ("ours", "paper", "diff"))] for stack in table.index]
-    _emit(title, header, body, [], fmt)
+    what = "" if metric == "top1" else f" {metric}"
+    for comparison in paper_comparisons(rows, mean, shots, metric):
+        title = f"{shots}-shot{what}: this run vs published ({comparison.backbone or 'no published model'})"
+        table = comparison.table
+        has_paper = [d for d in dict.fromkeys(d for d, _ in table.columns) if table[(d, "paper")].notna().any()]
+        if not has_paper:
+            out.print(f"{title}: no published numbers for these methods and datasets", highlight=False)
+        elif fmt == Format.table:
+            for start in range(0, len(has_paper), COMPARED_PER_BLOCK):
+                block = has_paper[start:start + COMPARED_PER_BLOCK]
+                header, body = comparison_rows(comparison, block)
+                part = f" ({start // COMPARED_PER_BLOCK + 1}/{-(-len(has_paper) // COMPARED_PER_BLOCK)})" \
+                    if len(has_paper) > COMPARED_PER_BLOCK else ""
+                _emit(title + part, [h.replace(" ", "\n", 1) for h in header], body, [], fmt)
+        else:
+            _emit(title, *comparison_rows(comparison, has_paper), [], fmt)
+        lines = [f"paper: {n}" for n in comparison.notes] if has_paper else []
+        lines += [f"no paper value for {label}: {why}" for label, why in comparison.no_paper.items()]
+        for line in lines:
+            out.print(("# " if fmt == Format.csv else "") + line, markup=False, highlight=False,
+                      soft_wrap=fmt != Format.table)
+        if lines and fmt == Format.markdown:
+            out.print()
 
 
 def _emit(title: str, header: list, body: list, gain: list, fmt: Format) -> None:

@@ -29,8 +29,11 @@ def expand_shift(rows: pd.DataFrame) -> pd.DataFrame:
     for row in rows[rows["protocol"] == "shift"].itertuples(index=False):
         for key, value in json.loads(row.extras if isinstance(row.extras, str) else "{}").items():
             if key.startswith("top1."):
-                extra.append({**row._asdict(), "dataset": key[len("top1."):], "top1": value})
-    return pd.concat([rows, pd.DataFrame(extra, columns=rows.columns)], ignore_index=True) if extra else rows
+                extra.append({**row._asdict(), "dataset": key[len("top1."):], "top1": value,
+                              "shift_source": row.dataset})
+    if not extra:
+        return rows
+    return pd.concat([rows, pd.DataFrame(extra, columns=[*rows.columns, "shift_source"])], ignore_index=True)
 
 
 def infer_protocol(row) -> str:
@@ -157,8 +160,12 @@ def _dataset_order(rows: pd.DataFrame) -> list[str]:
 
     present = list(dict.fromkeys(rows["dataset"]))
     suite = rows["suite"].dropna().iloc[0] if rows["suite"].notna().any() else None
-    order = load_suite(suite).datasets if suite in builtin_suites() else []
-    return [d for d in order if d in present] + sorted(d for d in present if d not in order)
+    order = [*load_suite(suite).datasets, *load_suite(suite).shift_targets] if suite in builtin_suites() else []
+    targets = list(dict.fromkeys(rows["dataset"][rows["shift_source"].notna()])) if "shift_source" in rows else []
+    ordered = [d for d in order if d in present and d not in targets]
+    ordered += sorted(d for d in present if d not in order and d not in targets)
+    targets = [d for d in order if d in targets] + [d for d in targets if d not in order]
+    return ordered + targets  # domain-shift targets after their source, in the suite's order
 
 
 def _split_stack(stack: str) -> tuple[str, bool]:
@@ -218,6 +225,116 @@ def gain_rows(mean: pd.DataFrame) -> pd.DataFrame:
             if label != baseline:
                 gains[f"{label} vs {baseline}"] = mean.loc[label] - mean.loc[baseline]
     return pd.DataFrame(gains).T.reindex(columns=mean.columns)
+
+
+def protocol_tables(rows: pd.DataFrame, shots: int | None = None, metric: str = "top1"):
+    """:func:`accuracy_tables` by the published conventions of the rows' protocol.
+
+    * base-to-new (CoCoOp): a dataset's HM is the HM of its seed-mean base and new accuracies, and the
+      Average HM is the HM of the average base and the average new accuracy (not a mean of per-trial HMs).
+    * domain shift: the source and each target are columns; the Average is over the targets only."""
+    ok = rows if "label" in rows else table_rows(rows)[0]
+    if metric == "hm":
+        base, new = accuracy_tables(ok, shots, "top1"), accuracy_tables(ok, shots, "top1_new")
+        out = {}
+        for k, (b, _) in base.items():
+            n = new[k][0].reindex(index=b.index, columns=b.columns)
+            out[k] = (2 * b * n / (b + n)).where(b + n != 0, 0.0), pd.DataFrame(float("nan"), b.index, b.columns)
+        return out
+    tables = accuracy_tables(ok, shots, metric)
+    if "shift_source" in ok:
+        targets = set(ok["dataset"][ok["shift_source"].notna()])
+        for mean, _ in tables.values():
+            shown = [c for c in mean.columns if c in targets]
+            if shown:
+                mean["Average"] = mean[shown].mean(axis=1, skipna=False)
+    return tables
+
+
+def _shots_free(stack: str) -> bool:
+    """A stack of methods that change nothing (zero-shot) gives the same number at every K."""
+    plugins = [_plugin(p) for p in stack.split("+")]
+    return all(p is not None and p.slot is None for p in plugins)
+
+
+@dataclasses.dataclass
+class Comparison:
+    """One run table beside the published numbers for one backbone."""
+    backbone: str
+    table: pd.DataFrame  # bench.published.compare output
+    notes: list[str]  # the caveats of the published cells it used, one line per source and caveat
+    no_paper: dict[str, str]  # label -> why it has no paper value
+
+
+def paper_comparisons(rows: pd.DataFrame, mean: pd.DataFrame, shots: int, metric: str = "top1",
+                      source: str | None = None) -> list[Comparison]:
+    """``mean`` (labels x datasets, from :func:`protocol_tables`) beside the published numbers of the same
+    protocol and metric. A label is compared only where its rows match what a published number describes:
+    OpenAI weights, a published model, and the settings it was published with (``{}``: plugin defaults);
+    each other label gets a reason instead. Labels are grouped by their model."""
+    from .published import compare, load_published, normalise_backbone
+
+    ok = rows if "label" in rows else table_rows(rows)[0]
+    ok = ok[ok["shots"] == shots]
+    published = load_published()
+    protocol = next(iter(dict.fromkeys(ok["protocol"])), "fewshot")
+    backbones = set(published.backbone[published.protocol == protocol])
+    groups: dict[str, list[str]] = {}
+    no_paper: dict[str, str] = {}
+    stacks, settings = {}, {}
+    for label in mean.index:
+        mine = ok[ok["label"] == label]
+        first = mine.iloc[0]
+        stacks[label], settings[label] = first["stack"], _settings(first)
+        models = {normalise_backbone(str(m)) for m in mine["model"]}
+        weights = {w if isinstance(w, str) and w else "unknown" for w in mine["pretrained"]}
+        if weights != {"openai"}:
+            no_paper[label] = f"weights {', '.join(sorted(weights))}, not OpenAI's: published numbers are OpenAI CLIP's"
+        elif len(models) != 1 or next(iter(models)) not in backbones:
+            no_paper[label] = f"model {', '.join(sorted(models))}: nothing published for it in this protocol"
+        else:
+            groups.setdefault(next(iter(models)), []).append(label)
+    if not set(ok["dataset"]) >= set(published.dataset[published.protocol == protocol]) - {"average"}:
+        mean = mean.drop(columns="Average", errors="ignore")  # a published average spans all its datasets
+    out = []
+    for backbone, labels in groups.items():
+        free = {stacks[label] for label in labels if _shots_free(stacks[label])}
+        table = compare(mean.loc[labels], shots, backbone, source, protocol=protocol, metric=metric, stacks=stacks,
+                        settings=settings, any_shots=free)
+        why = dict(table.attrs["unmatched"])
+        matched = {label for label, _ in table.attrs["notes"]}
+        for label in labels:
+            if label not in matched and label not in why:
+                why[label] = f"'{stacks[label]}' has no published {protocol} number at {shots} shots on {backbone}"
+        lines: dict[str, list[str]] = {}
+        for (label, _), note in table.attrs["notes"].items():
+            lines.setdefault(note, [])
+            if stacks[label] not in lines[note]:
+                lines[note].append(stacks[label])
+        notes = [f"{', '.join(s)}: {note}" for note, s in lines.items()]
+        out.append(Comparison(backbone, table, notes, why))
+    if no_paper:  # labels no published model or weights match: said under the first table
+        if not out:
+            out.append(Comparison("", pd.DataFrame(), [], {}))
+        out[0].no_paper = {**no_paper, **out[0].no_paper}
+    return out
+
+
+def comparison_rows(comparison: Comparison, datasets: list[str] | None = None) -> tuple[list, list]:
+    """(header, body) of a comparison for these datasets (all by default): ours, paper and diff per dataset."""
+    table = comparison.table
+    shown = datasets if datasets is not None else list(dict.fromkeys(d for d, _ in table.columns))
+    header = ["method", *(f"{d} {part}" for d in shown for part in ("ours", "paper", "diff"))]
+    body = [[label, *(_number(table.at[label, (d, part)], part == "diff") for d in shown
+                      for part in ("ours", "paper", "diff"))] for label in table.index]
+    return header, body
+
+
+def _number(value, signed: bool = False) -> str:
+    if value != value:
+        return "-"
+    value = 0.0 if abs(value) < 0.005 else value  # no "-0.00"
+    return f"{value:+.2f}" if signed else f"{value:.2f}"
 
 
 # -- rendering ---------------------------------------------------------------------------------------

@@ -89,9 +89,40 @@ def test_report_compare_paper_shows_the_published_r_amt_row(tmp_path, capsys):
     for i, dataset in enumerate(load_suite("fewshot11").datasets):
         folder.write_row({"trial_id": f"t{i}", "run": "paper", "suite": "fewshot11", "stack": "mask",
                           "dataset": dataset, "shots": 16, "seed": 1, "top1": 80.0, "status": "ok",
-                          "model": "ViT-B-16", "protocol": "fewshot"})
+                          "model": "ViT-B-16", "pretrained": "openai", "protocol": "fewshot", "settings": "{}"})
     assert main(["report", "--results", str(tmp_path), "--run", "paper", "--compare", "paper",
                  "--format", "markdown"]) == 0
     text = capsys.readouterr().out
     line = next(ln for ln in text.splitlines() if ln.startswith("| mask | 80.00 |") and "97.00" in ln)
     assert "83.96" in line and "-3.96" in line  # R-AMT's published 16-shot average and our difference
+
+
+def test_base_to_new_and_shift_runs_report_by_the_published_layout(real_root, tmp_path, capsys):
+    import json
+
+    from bench.cli import main
+
+    targets = ("imagenet_v2", "imagenet_sketch", "imagenet_a", "imagenet_r")
+    specs = [spec("zeroshot", "caltech101", real_root, protocol="base2new"),
+             spec("zeroshot", "imagenet", real_root, protocol="shift", shift_targets=targets)]
+    made = [run_trial(s) for s in specs]
+    text = ""
+    for i, (s, row) in enumerate(zip(specs, made)):
+        folder = RunFolder(tmp_path, f"p{i}")
+        folder.ensure()
+        folder.write_row({**row, "stack": s.stack, "dataset": s.dataset, "shots": s.shots, "seed": s.seed,
+                          "protocol": s.protocol, "suite": ["base2new", "imagenet_shift"][i], "trial_id": f"t{i}", "status": "ok", "run": f"p{i}"})
+        assert main(["report", "--results", str(tmp_path), "--run", f"p{i}", "--format", "csv"]) == 0
+        text += capsys.readouterr().out
+    assert "2-shot new-class top-1 (%)" in text and "2-shot harmonic mean" in text
+    hm_line = next(ln for ln in text.splitlines() if ln.startswith('"2-shot harmonic mean') and ",zeroshot," in ln)
+    base, new = made[0]["top1"], made[0]["top1_new"]
+    assert f"{2 * base * new / (base + new) if base + new else 0:.2f}" in hm_line
+    header = next(ln for ln in text.splitlines() if ln.startswith("table,method,imagenet,"))
+    assert header.split(",")[2:] == ["imagenet", *targets, "Average"]
+    shifted = json.loads(made[1]["extras"])
+    import csv
+
+    shift_line = next(r for r in csv.reader(text.splitlines()) if r[:2] == ["2-shot top-1 (%), mean over seeds",
+                                                                                 "zeroshot"] and len(r) == 8)
+    assert shift_line[-1] == f"{sum(shifted[f'top1.{t}'] for t in targets) / 4:.2f}"

@@ -11,7 +11,7 @@ from bench.data.real import FEWSHOT11
 from bench.errors import BenchError
 from bench.published import COLUMNS, compare, csv_path, load_published, published_cells
 
-PROJECT_DATASETS = set(FEWSHOT11) | {"average"}
+PROJECT_DATASETS = set(FEWSHOT11) | {"average", "imagenet_v2", "imagenet_sketch", "imagenet_a", "imagenet_r"}
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,10 @@ def test_columns_and_names(pub):
     assert set(pub.dataset) <= PROJECT_DATASETS
     assert set(pub.backbone) == {"ViT-B-16", "RN50"}
     assert all(re.fullmatch(r"[a-z_]+(\+[a-z_]+)*", m) for m in pub.method)
-    assert not pub.duplicated(["source", "table", "method", "dataset", "shots", "backbone"]).any()
+    assert set(pub.protocol) == {"fewshot", "base2new", "shift"}
+    assert set(pub.metric) == {"top1", "top1_new", "hm"} and set(pub.metric[pub.protocol != "base2new"]) == {"top1"}
+    assert not pub.duplicated(["source", "table", "protocol", "method", "dataset", "metric", "shots", "backbone",
+                               "settings"]).any()
 
 
 def test_row_counts(pub):
@@ -48,7 +51,39 @@ def test_row_counts(pub):
     assert len(pub[pub.source == "Tip-Adapter exp.log"]) == 11 * 16
     assert len(pub[pub.source == "APE notebook"]) == 11 * 21
     assert len(pub[pub.source == "third-party plotting script"]) == 55
-    assert len(pub) == 72 + 540 + 176 + 231 + 55
+    b2n = pub[pub.source == "CoCoOp paper Table 1"]
+    assert len(b2n) == 2 * 12 * 3 and set(b2n.method) == {"zeroshot", "coop"}  # (11 + Average) x base/new/HM
+    shift = pub[pub.source == "CoCoOp paper Table 3"]
+    assert len(shift) == 2 * 5 and set(shift.dataset) == {"imagenet", "imagenet_v2", "imagenet_sketch", "imagenet_a",
+                                                          "imagenet_r"}
+    assert len(pub) == 72 + 540 + 176 + 231 + 55 + 72 + 10
+
+
+def test_only_the_figure_linear_probe_rows_are_doubtful(pub):
+    doubtful = pub[pub.doubtful]
+    assert set(zip(doubtful.source, doubtful.method, doubtful.backbone)) == {
+        ("R-AMT project page figure", "linear_probe", "ViT-B-16")}
+    assert len(doubtful) == 60 and doubtful.note.str.contains("RN50").all()
+    assert not published_cells(16, "ViT-B-16").method.eq("linear_probe").any()
+    assert published_cells(16, "ViT-B-16", doubtful=True).method.eq("linear_probe").any()
+
+
+def test_base_to_new_averages_follow_cocoops_convention(pub):
+    """Per dataset HM = HM(base, new); the printed Average base/new are the means, the Average HM is the HM of
+    those averages (71.66 for CoOp) and not the mean of the per-dataset HMs (70.83)."""
+    b2n = pub[pub.protocol == "base2new"]
+    for method, g in b2n.groupby("method"):
+        cell = g.set_index(["dataset", "metric"]).top1
+        datasets = [d for d in dict.fromkeys(g.dataset) if d != "average"]
+        for d in datasets:
+            base, new = cell[(d, "top1")], cell[(d, "top1_new")]
+            assert abs(2 * base * new / (base + new) - cell[(d, "hm")]) < 0.006, (method, d)
+        base, new = (cell[("average", m)] for m in ("top1", "top1_new"))
+        assert abs(sum(cell[(d, "top1")] for d in datasets) / 11 - base) < 0.006
+        assert abs(sum(cell[(d, "top1_new")] for d in datasets) / 11 - new) < 0.006
+        assert abs(2 * base * new / (base + new) - cell[("average", "hm")]) < 0.006
+    coop_hm = b2n[(b2n.method == "coop") & (b2n.metric == "hm") & (b2n.dataset != "average")].top1.mean()
+    assert round(coop_hm, 2) == 70.83
 
 
 def _cell(pub, source, method, dataset, shots):
@@ -76,7 +111,8 @@ def test_spot_values(pub):
 
 
 def test_printed_averages_match_their_rows(pub):
-    for (source, table, method, shots, backbone), g in pub.groupby(["source", "table", "method", "shots", "backbone"]):
+    fewshot = pub[pub.protocol == "fewshot"]
+    for (source, table, method, shots, backbone), g in fewshot.groupby(["source", "table", "method", "shots", "backbone"]):
         if "average" not in set(g.dataset):
             continue
         mean = g[g.dataset != "average"].top1.mean()
