@@ -30,9 +30,30 @@ _GREY = (0.35, 0.35, 0.35)
 
 
 # -- styles ------------------------------------------------------------------------------------------
+def is_mask(part: str) -> bool:
+    """``mask`` or a named variant of it (``amt``, a suite's ``mask_mlp``)."""
+    from .registry import get_method
+    from .errors import BenchError
+
+    seen = set()
+    while part not in seen:
+        if part == MASK:
+            return True
+        seen.add(part)
+        try:
+            part = get_method(part).variant_of or part
+        except BenchError:
+            return False
+    return False
+
+
+def mask_parts(stack: str) -> list[str]:
+    return [p for p in stack.split("+") if is_mask(p)]
+
+
 def family(stack: str) -> str:
     """The unmasked stack a stack pairs with: ``coop+mask`` -> ``coop``, ``mask`` -> ``zeroshot``."""
-    return "+".join(p for p in stack.split("+") if p != MASK) or "zeroshot"
+    return "+".join(p for p in stack.split("+") if not is_mask(p)) or "zeroshot"
 
 
 def _lighter(colour, amount: float = 0.5) -> tuple:
@@ -67,7 +88,7 @@ def stack_styles(rows: pd.DataFrame) -> dict[str, dict]:
         group = members[fam]
         paired = len(group) > 1
         for m_index, label in enumerate(group):
-            masked = MASK in stack_of[label].split("+")
+            masked = bool(mask_parts(stack_of[label]))
             colour = base_colour[fam]
             if m_index > 1:  # a third variant of a family (a label with other settings): a colour of its own
                 colour = next(extra, colormaps["hsv"]((f_index + m_index / 7) / len(families)))
@@ -190,7 +211,7 @@ def mask_gains(rows: pd.DataFrame, mean: pd.DataFrame) -> pd.DataFrame:
     for name in gains.index:
         a, b = str(name).split(" vs ", 1)
         sa, sb = stack_of.get(a, a), stack_of.get(b, b)
-        if MASK in sa.split("+") and family(sa) == sb:
+        if mask_parts(sa) and family(sa) == sb:
             keep.append(name)
     return gains.loc[keep]
 
@@ -250,23 +271,25 @@ def tensor_place(name: str) -> tuple[int, str]:
 
 
 def mask_shares(rows: pd.DataFrame, artifact_dir: Callable[[str], Path | None]) -> pd.DataFrame:
-    """% of weights switched off per trial and masked tensor, from the masks each ``mask`` trial saved
-    (``<artifact_dir>/mask/mask.safetensors``): columns dataset, shots, seed, trial_id, block, tensor, off."""
+    """% of weights switched off per trial and masked tensor, from the masks each ``mask`` trial (or a
+    variant's) saved (``<artifact_dir>/<method>/mask.safetensors``): columns dataset, shots, seed, trial_id,
+    method, block, tensor, off."""
     from bench.methods.mask import MASKS_FILE, load_masks
 
     out = []
-    masked = rows[(rows["status"] == "ok") & rows["stack"].str.split("+").apply(lambda p: MASK in p)]
+    masked = rows[(rows["status"] == "ok") & rows["stack"].map(lambda s: bool(mask_parts(s)))]
     for row in masked.itertuples(index=False):
         folder = artifact_dir(row.trial_id)
-        path = None if folder is None else Path(folder) / MASK / MASKS_FILE
-        if path is None or not path.is_file():
-            continue
-        for name, mask in load_masks(path).items():
-            block, tensor = tensor_place(name)
-            out.append({"dataset": row.dataset, "shots": int(row.shots), "seed": int(row.seed),
-                        "trial_id": row.trial_id, "block": block, "tensor": tensor,
-                        "off": 100.0 * float((~mask).sum()) / max(mask.numel(), 1)})
-    return pd.DataFrame(out, columns=["dataset", "shots", "seed", "trial_id", "block", "tensor", "off"])
+        for method in mask_parts(row.stack):
+            path = None if folder is None else Path(folder) / method / MASKS_FILE
+            if path is None or not path.is_file():
+                continue
+            for name, mask in load_masks(path).items():
+                block, tensor = tensor_place(name)
+                out.append({"dataset": row.dataset, "shots": int(row.shots), "seed": int(row.seed),
+                            "trial_id": row.trial_id, "method": method, "block": block, "tensor": tensor,
+                            "off": 100.0 * float((~mask).sum()) / max(mask.numel(), 1)})
+    return pd.DataFrame(out, columns=["dataset", "shots", "seed", "trial_id", "method", "block", "tensor", "off"])
 
 
 def masks_figure(rows: pd.DataFrame, artifact_dir: Callable[[str], Path | None]) -> Figure | None:
@@ -276,12 +299,15 @@ def masks_figure(rows: pd.DataFrame, artifact_dir: Callable[[str], Path | None])
     if shares.empty:
         return None
     several = shares["shots"].nunique() > 1
+    methods = list(dict.fromkeys(shares["method"]))
     shares["where"] = [("patch " if b < 0 else f"block {b} ") + t for b, t in zip(shares.block, shares.tensor)]
-    shares["cell"] = [f"{d} ({k}-shot)" if several else d for d, k in zip(shares.dataset, shares.shots)]
+    shares["cell"] = [(f"{d} ({k}-shot)" if several else d) + (f" {m}" if len(methods) > 1 else "")
+                      for d, k, m in zip(shares.dataset, shares.shots, shares.method)]
     order_cols = shares.drop_duplicates("where").sort_values(["block", "tensor"])["where"].tolist()
     datasets = [d for d in _dataset_order(rows) if d in set(shares.dataset)]
-    order_rows = [c for d in datasets for k in sorted(set(shares.shots))
-                  for c in [f"{d} ({k}-shot)" if several else d] if c in set(shares.cell)]
+    order_rows = [c for d in datasets for k in sorted(set(shares.shots)) for m in methods
+                  for c in [(f"{d} ({k}-shot)" if several else d) + (f" {m}" if len(methods) > 1 else "")]
+                  if c in set(shares.cell)]
     grid = shares.pivot_table(index="cell", columns="where", values="off", aggfunc="mean")
     grid = grid.reindex(index=list(dict.fromkeys(order_rows)), columns=order_cols)
     fig = Figure(figsize=(max(6.0, 1.8 + 0.55 * grid.shape[1]), max(2.6, 1.4 + 0.35 * grid.shape[0])))
@@ -303,12 +329,64 @@ def masks_figure(rows: pd.DataFrame, artifact_dir: Callable[[str], Path | None])
     return fig
 
 
+# -- speed -------------------------------------------------------------------------------------------
+def speed_points(rows: pd.DataFrame, metric: str = "top1") -> tuple[pd.DataFrame, dict]:
+    """Per row label at the largest shot count: the mean over datasets of its seed-mean accuracy, and the
+    median images/s of its trials, on the device most of the timed trials used. Returns the points
+    (columns label, accuracy, images_per_s, trials) and what they were measured on."""
+    ok = rows[(rows["status"] == "ok")]
+    if "infer_images_per_s" not in ok:
+        return pd.DataFrame(columns=["label", "accuracy", "images_per_s", "trials"]), {}
+    ok = ok[ok["infer_images_per_s"].notna()]
+    if ok.empty:
+        return pd.DataFrame(columns=["label", "accuracy", "images_per_s", "trials"]), {}
+    device = ok["device"].mode().iloc[0]
+    shots = int(ok["shots"].max())
+    ok = ok[(ok["device"] == device) & (ok["shots"] == shots)]
+    key = label_column(ok)
+    points = []
+    for label, group in ok.groupby(key):
+        per_dataset = group.groupby("dataset")[metric].mean()
+        points.append({"label": label, "accuracy": float(per_dataset.mean()),
+                       "images_per_s": float(group["infer_images_per_s"].median()), "trials": len(group)})
+    about = {"device": device, "shots": shots, "datasets": ok["dataset"].nunique(),
+             "batch": sorted(set(ok["infer_batch_size"].dropna().astype(int)))}
+    return pd.DataFrame(points), about
+
+
+def speed_figure(rows: pd.DataFrame, metric: str = "top1", caption: str = "top-1 (%)") -> Figure | None:
+    """Accuracy against test-time throughput, one point per row label (R-AMT's Fig. 1): the mean over
+    datasets at the largest shot count against the median images/s of the label's trials."""
+    points, about = speed_points(rows, metric)
+    if points.empty:
+        return None
+    ok = rows[rows["status"] == "ok"]
+    styles = stack_styles(ok)
+    fig = Figure(figsize=(6.4, 4.6))
+    ax = fig.subplots()
+    for point in points.itertuples(index=False):
+        style = _no_line(styles.get(point.label, {"color": "k", "marker": "o"}))
+        ax.plot([point.images_per_s], [point.accuracy], ls="none", ms=8, label=point.label, **style)
+        ax.annotate(point.label, (point.images_per_s, point.accuracy), textcoords="offset points", xytext=(5, 4),
+                    fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel(f"inference throughput (images/s, {about['device']}, batch {', '.join(map(str, about['batch']))})")
+    ax.set_ylabel(f"{caption}, mean of {about['datasets']} dataset(s)")
+    ax.set_title(f"{about['shots']}-shot accuracy vs inference speed (median over trials)", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    _legend(fig, ax, len(points))
+    return fig
+
+
 # -- all figures of a report -------------------------------------------------------------------------
 def report_figures(rows: pd.DataFrame, scores: PredictionScores | None = None,
                    artifact_dir: Callable[[str], Path | None] | None = None) -> dict[str, Figure]:
     """{name: figure} for a run: ``accuracy`` always, ``gains`` when +mask pairs ran, ``masks`` when
-    mask files are there."""
+    mask files are there, ``speed`` (accuracy vs images/s) when trials timed their classifier."""
     figures = {"accuracy": accuracy_figure(rows, scores)}
+    speed = speed_figure(rows)
+    if speed is not None:
+        figures["speed"] = speed
     gains = gains_figure(rows, scores)
     if gains is not None:
         figures["gains"] = gains

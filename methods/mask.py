@@ -122,6 +122,8 @@ class MaskTuning(Method):
     slot = Slot.ENCODER
     version = "1"
     stacked_gain = True  # "X+mask vs X": what R-AMT adds on top of a method
+    # AMT, the paper's ablation without GDR (published as 'amt')
+    variants = {"amt": {"gdr": False, "description": "AMT: R-AMT's binary masks trained without gradient dropout"}}
 
     @dataclasses.dataclass
     class Config:
