@@ -113,7 +113,9 @@ def define_variants(table: dict[str, dict], where: str = "") -> None:
         if name in _discover()[0]:
             raise BenchError(f"{prefix}variant '{name}' has the name of an installed method; choose another name")
         known = _all_variants().get(name)
-        if known is not None and _comparable(known) != _comparable(definition):
+        if known is not None and _same(known, definition):
+            continue  # defined before (a spec's configs() redefines its variants each call)
+        if known is not None:
             raise BenchError(f"{prefix}variant '{name}' is already defined as {_describe(known)}; "
                              "choose another name for this one")
         chain, base = [name], definition["method"]
@@ -131,6 +133,11 @@ def define_variants(table: dict[str, dict], where: str = "") -> None:
             del _defined[name]
             _variant_class.cache_clear()
             raise BenchError(f"{prefix}variant '{name}': {err}") from None
+
+
+def _same(a: dict, b: dict) -> bool:
+    """Two definitions of one variant agree on its base and settings (descriptions aside)."""
+    return a.get("method") == b.get("method") and _comparable(_settings_of(a)) == _comparable(_settings_of(b))
 
 
 def _comparable(definition: dict) -> str:

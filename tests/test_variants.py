@@ -51,6 +51,7 @@ def test_amt_is_mask_with_gdr_off_under_its_own_name():
 def test_variant_definitions_are_checked():
     define_variants({"vt_same": {"method": "mask", "mlp": True}})
     define_variants({"vt_same": {"method": "mask", "mlp": True}})  # the same again: fine
+    define_variants({"amt": {"method": "mask", "gdr": False}})  # the built-in one, without its description
     for table, fragment in [({"vt_same": {"method": "mask", "mlp": False}}, "already defined"),
                             ({"coop": {"method": "mask"}}, "name of an installed method"),
                             ({"vt_bad": {"method": "mask", "gdr_lambda": 2}}, "must be"),
