@@ -61,6 +61,9 @@ def run(
                                             "[default: $BENCH_CACHE or ~/.cache/bench]."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Compute every feature and stage afresh."),
     report_after: bool = typer.Option(True, "--report/--no-report", help="Print the report at the end."),
+    infer_images: Optional[int] = typer.Option(None, help="Test images timed for the inference-speed columns; "
+                                               "0 turns the measurement off [default: all on cuda, 256 on cpu]."),
+    infer_batch_size: int = typer.Option(100, help="Batch size of the inference-speed measurement."),
 ):
     """Run every trial (dataset x shots x seed x method stack) of a suite; finished trials are skipped."""
     from .cache import default_cache_dir
@@ -75,7 +78,8 @@ def run(
         shots=parse_int_list(shots, "shots") if shots else None,
         seeds=parse_int_list(seeds, "seeds") if seeds else None, model=model, pretrained=pretrained,
         data_root=data_root, device=device, sets=parse_sets(set_),
-        cache_dir=None if no_cache else (cache_dir or default_cache_dir()))
+        cache_dir=None if no_cache else (cache_dir or default_cache_dir()),
+        infer_images=-1 if infer_images is None else infer_images, infer_batch_size=infer_batch_size)
     folder = RunFolder(results, run_name)
     folder.ensure()
     with folder.lock():
@@ -216,7 +220,7 @@ def report(
     fmt: Format = typer.Option(Format.table, "--format", help="table, markdown, csv or latex."),
     std: bool = typer.Option(False, "--std", help="Show the standard deviation over seeds."),
     plot: Optional[Path] = typer.Option(None, help="Write the figures to this PNG file (accuracies) and beside it "
-                                        "(<name>_gains.png, <name>_masks.png)."),
+                                        "(<name>_gains.png, <name>_masks.png, <name>_speed.png)."),
     html_path: Optional[Path] = typer.Option(None, "--html", help="Write one self-contained HTML report here."),
     errors: bool = typer.Option(False, "--errors", help="List failed trials with their error."),
     compare: Optional[str] = typer.Option(None, help="'paper': put the published numbers beside the cells."),
@@ -269,18 +273,28 @@ def _write_figures_and_html(rows, folder, scores, shots, std: bool, plot: Option
 
 
 @app.command("list")
-def list_(what: Kind = typer.Argument(..., help="methods, suites, datasets or models")):
+def list_(what: Kind = typer.Argument(..., help="methods, suites, datasets or models"),
+          suite: Optional[str] = typer.Option(None, help="methods: also list the variants this suite defines.")):
     """What is installed, with one-line descriptions."""
     if what == Kind.methods:
         from .registry import broken_plugins, methods
 
+        if suite:
+            from .suite import load_suite
+
+            load_suite(suite)
         table = Table("method", "part it changes", "description", "hyper-parameters (defaults)", "trains")
         for name, m in sorted(methods().items()):
             params = ", ".join(f"{f.name}={_default(f)}" for f in dataclasses.fields(m.Config))
+            if m.variant_of:
+                params = "as " + m.variant_of + ", but " + ", ".join(
+                    f"{k}={_shown(v)}" for k, v in m.variant_settings.items())
             table.add_row(name, m.slot.name.lower() if m.slot is not None else "-", m.description, params or "-",
                           m.trains or "-")
         for name, why in broken_plugins().items():
             table.add_row(name, "-", f"[red]failed to load: {why}[/]", "-", "-")
+        table.caption = "a variant is a method under its own name with settings of its own; suite files add " \
+                        "theirs in a [variants] table (`bench list methods --suite FILE` shows them)"
     elif what == Kind.suites:
         from .suite import builtin_suites, load_suite
 
@@ -307,6 +321,10 @@ def list_(what: Kind = typer.Argument(..., help="methods, suites, datasets or mo
             table.add_row(m.name, m.description, m.default_pretrained)
         table.caption = "any other open_clip model name works as well (open_clip.list_models())"
     out.print(table)
+
+
+def _shown(value) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def _default(field: dataclasses.Field):

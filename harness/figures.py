@@ -276,8 +276,9 @@ def mask_shares(rows: pd.DataFrame, artifact_dir: Callable[[str], Path | None]) 
             for name, off in shares.items():
                 block, tensor = tensor_place(name)
                 out.append({"dataset": row.dataset, "shots": int(row.shots), "seed": int(row.seed),
-                            "trial_id": row.trial_id, "block": block, "tensor": tensor, "off": off})
-    return pd.DataFrame(out, columns=["dataset", "shots", "seed", "trial_id", "block", "tensor", "off"])
+                            "trial_id": row.trial_id, "method": part, "block": block, "tensor": tensor,
+                            "off": off})
+    return pd.DataFrame(out, columns=["dataset", "shots", "seed", "trial_id", "method", "block", "tensor", "off"])
 
 
 def masks_figure(rows: pd.DataFrame, artifact_dir: Callable[[str], Path | None]) -> Figure | None:
@@ -287,12 +288,15 @@ def masks_figure(rows: pd.DataFrame, artifact_dir: Callable[[str], Path | None])
     if shares.empty:
         return None
     several = shares["shots"].nunique() > 1
+    methods = list(dict.fromkeys(shares["method"]))
     shares["where"] = [("patch " if b < 0 else f"block {b} ") + t for b, t in zip(shares.block, shares.tensor)]
-    shares["cell"] = [f"{d} ({k}-shot)" if several else d for d, k in zip(shares.dataset, shares.shots)]
+    shares["cell"] = [(f"{d} ({k}-shot)" if several else d) + (f" {m}" if len(methods) > 1 else "")
+                      for d, k, m in zip(shares.dataset, shares.shots, shares.method)]
     order_cols = shares.drop_duplicates("where").sort_values(["block", "tensor"])["where"].tolist()
     datasets = [d for d in _dataset_order(rows) if d in set(shares.dataset)]
-    order_rows = [c for d in datasets for k in sorted(set(shares.shots))
-                  for c in [f"{d} ({k}-shot)" if several else d] if c in set(shares.cell)]
+    order_rows = [c for d in datasets for k in sorted(set(shares.shots)) for m in methods
+                  for c in [(f"{d} ({k}-shot)" if several else d) + (f" {m}" if len(methods) > 1 else "")]
+                  if c in set(shares.cell)]
     grid = shares.pivot_table(index="cell", columns="where", values="off", aggfunc="mean")
     grid = grid.reindex(index=list(dict.fromkeys(order_rows)), columns=order_cols)
     fig = Figure(figsize=(max(6.0, 1.8 + 0.55 * grid.shape[1]), max(2.6, 1.4 + 0.35 * grid.shape[0])))
@@ -314,12 +318,64 @@ def masks_figure(rows: pd.DataFrame, artifact_dir: Callable[[str], Path | None])
     return fig
 
 
+# -- speed -------------------------------------------------------------------------------------------
+def speed_points(rows: pd.DataFrame, metric: str = "top1") -> tuple[pd.DataFrame, dict]:
+    """Per row label at the largest shot count: the mean over datasets of its seed-mean accuracy, and the
+    median images/s of its trials, on the device most of the timed trials used. Returns the points
+    (columns label, accuracy, images_per_s, trials) and what they were measured on."""
+    ok = rows[(rows["status"] == "ok")]
+    if "infer_images_per_s" not in ok:
+        return pd.DataFrame(columns=["label", "accuracy", "images_per_s", "trials"]), {}
+    ok = ok[ok["infer_images_per_s"].notna()]
+    if ok.empty:
+        return pd.DataFrame(columns=["label", "accuracy", "images_per_s", "trials"]), {}
+    device = ok["device"].mode().iloc[0]
+    shots = int(ok["shots"].max())
+    ok = ok[(ok["device"] == device) & (ok["shots"] == shots)]
+    key = label_column(ok)
+    points = []
+    for label, group in ok.groupby(key):
+        per_dataset = group.groupby("dataset")[metric].mean()
+        points.append({"label": label, "accuracy": float(per_dataset.mean()),
+                       "images_per_s": float(group["infer_images_per_s"].median()), "trials": len(group)})
+    about = {"device": device, "shots": shots, "datasets": ok["dataset"].nunique(),
+             "batch": sorted(set(ok["infer_batch_size"].dropna().astype(int)))}
+    return pd.DataFrame(points), about
+
+
+def speed_figure(rows: pd.DataFrame, metric: str = "top1", caption: str = "top-1 (%)") -> Figure | None:
+    """Accuracy against test-time throughput, one point per row label (R-AMT's Fig. 1): the mean over
+    datasets at the largest shot count against the median images/s of the label's trials."""
+    points, about = speed_points(rows, metric)
+    if points.empty:
+        return None
+    ok = rows[rows["status"] == "ok"]
+    styles = stack_styles(ok)
+    fig = Figure(figsize=(6.4, 4.6))
+    ax = fig.subplots()
+    for point in points.itertuples(index=False):
+        style = _no_line(styles.get(point.label, {"color": "k", "marker": "o"}))
+        ax.plot([point.images_per_s], [point.accuracy], ls="none", ms=8, label=point.label, **style)
+        ax.annotate(point.label, (point.images_per_s, point.accuracy), textcoords="offset points", xytext=(5, 4),
+                    fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel(f"inference throughput (images/s, {about['device']}, batch {', '.join(map(str, about['batch']))})")
+    ax.set_ylabel(f"{caption}, mean of {about['datasets']} dataset(s)")
+    ax.set_title(f"{about['shots']}-shot accuracy vs inference speed (median over trials)", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    _legend(fig, ax, len(points))
+    return fig
+
+
 # -- all figures of a report -------------------------------------------------------------------------
 def report_figures(rows: pd.DataFrame, scores: PredictionScores | None = None,
                    artifact_dir: Callable[[str], Path | None] | None = None) -> dict[str, Figure]:
     """{name: figure} for a run: ``accuracy`` always, ``gains`` when +mask pairs ran, ``masks`` when
-    mask files are there."""
+    mask files are there, ``speed`` (accuracy vs images/s) when trials timed their classifier."""
     figures = {"accuracy": accuracy_figure(rows, scores)}
+    speed = speed_figure(rows)
+    if speed is not None:
+        figures["speed"] = speed
     gains = gains_figure(rows, scores)
     if gains is not None:
         figures["gains"] = gains

@@ -9,10 +9,13 @@ from .data.catalog import canonical_entry, check_data, get_dataset
 from .errors import BenchError
 from .fingerprint import dataset_fingerprint, fingerprinted
 from .protocols import get_protocol
-from .registry import canonical_stack, get_method, parse_stack
+from .registry import canonical_stack, get_method, parse_stack, variant_needs
 from .results import check_run_name
 from .spec import TrialSpec
 from .suite import Suite
+
+
+CPU_INFER_IMAGES = 256  # on cpu a prefix of the test split is timed, to keep trials fast
 
 
 def parse_int_list(text: str, what: str) -> list[int]:
@@ -48,7 +51,10 @@ def plan_trials(suite: Suite, *, run: str, results: str, methods: list[str] | No
                 datasets: list[str] | None = None, shots: list[int] | None = None,
                 seeds: list[int] | None = None, model: str | None = None, pretrained: str | None = None,
                 data_root: str | None = None, device: str | None = None,
-                sets: dict[str, dict[str, Any]] | None = None, cache_dir: str | None = None) -> list[TrialSpec]:
+                sets: dict[str, dict[str, Any]] | None = None, cache_dir: str | None = None,
+                infer_images: int | None = -1, infer_batch_size: int = 100) -> list[TrialSpec]:
+    """``infer_images``: test images timed for the inference-speed columns (None: all, 0: no measurement,
+    -1: the default, all on cuda and the first 256 on cpu)."""
     check_run_name(run)
     protocol = get_protocol(suite.protocol)
     stacks = list(dict.fromkeys(canonical_stack(s) for s in (methods or suite.methods)))
@@ -63,6 +69,10 @@ def plan_trials(suite: Suite, *, run: str, results: str, methods: list[str] | No
     device = device or suite.device or default_device()
     if device not in ("cpu", "cuda"):
         raise BenchError(f"--device must be cpu or cuda, got '{device}'")
+    if infer_images == -1:
+        infer_images = None if device == "cuda" else CPU_INFER_IMAGES
+    if (infer_images is not None and infer_images < 0) or infer_batch_size < 1:
+        raise BenchError("--infer-images must be 0 (no speed measurement) or more, and --infer-batch-size 1 or more")
     if device == "cuda":
         import torch
 
@@ -96,7 +106,8 @@ def plan_trials(suite: Suite, *, run: str, results: str, methods: list[str] | No
                          overrides={m: v for m, v in overrides.items() if m in in_stack},
                          data_root=data_root, device=device, results=str(results), cache_dir=cache_dir,
                          protocol=suite.protocol,
-                         shift_targets=tuple(suite.shift_targets))
+                         shift_targets=tuple(suite.shift_targets), variants=variant_needs(stack),
+                         infer_images=infer_images, infer_batch_size=infer_batch_size)
         spec.configs()  # validates every --set key and value now, not inside a worker
         specs.append(fingerprinted(spec, read, cache_dir, version))
     return specs

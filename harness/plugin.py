@@ -70,6 +70,10 @@ class Method:
     reference: ClassVar[bool] = False  # a reference row (zero-shot, linear probe): listed first
     gain_baseline: ClassVar[bool] = False  # every other stack gets an "S vs <this>" gain row
     stacked_gain: ClassVar[bool] = False  # stacks that add this method get an "X+<this> vs X" gain row
+    # Named variants shipped with the plugin: name -> settings, e.g. {"amt": {"gdr": False}} (bench.registry).
+    variants: ClassVar[dict[str, dict[str, Any]]] = {}
+    variant_of: ClassVar[str | None] = None  # set on a variant's class: its base method's name
+    variant_settings: ClassVar[dict[str, Any]] = {}  # set on a variant's class: its settings
 
     def __init__(self, config: Any):
         self.config = config

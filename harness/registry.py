@@ -1,8 +1,18 @@
-"""Method plugins, discovered through the ``bench.methods`` entry-point group (in-tree ones too)."""
+"""Method plugins, discovered through the ``bench.methods`` entry-point group (in-tree ones too), and
+named variants: a method under its own name with settings of its own (``amt`` = ``mask`` with
+``gdr=false``).
+
+A variant is a subclass of its base made here, so stacking, slots, export/restore, ``--set amt.lr=...``
+and a row's ``stack`` and ``settings`` follow without special cases: its config defaults are the base's
+with the variant's settings on top, and its version is the base's plus those settings (part of the trial
+id). Built-in variants are data on the plugins (``Method.variants``); suite files add theirs in a
+``[variants]`` table (:func:`define_variants`), and every ``TrialSpec`` carries the definitions its
+stack needs, so a worker process resolves them too."""
 from __future__ import annotations
 
 import difflib
 import functools
+import json
 import re
 from importlib.metadata import entry_points
 from typing import Iterable
@@ -40,6 +50,12 @@ def _discover() -> tuple[dict[str, type[Method]], dict[str, str]]:
 
 
 def methods() -> dict[str, type[Method]]:
+    """Every method name: the plugins and the variants known to this process."""
+    return {**_discover()[0], **{n: _variant_class(n) for n in _all_variants()}}
+
+
+def plugins() -> dict[str, type[Method]]:
+    """The installed plugins only (no variants)."""
     return dict(_discover()[0])
 
 
@@ -51,9 +67,128 @@ def get_method(name: str) -> type[Method]:
     table, broken = _discover()
     if name in table:
         return table[name]
+    if name in _all_variants():
+        return _variant_class(name)
     if name in broken:
         raise BenchError(f"method plugin '{name}' failed to load ({broken[name]}); reinstall or fix that package")
-    raise BenchError(f"unknown method '{name}'{suggest(name, table)}; see `bench list methods`")
+    raise BenchError(f"unknown method '{name}'{suggest(name, [*table, *_all_variants()])}; "
+                     "see `bench list methods`")
+
+
+# -- named variants ------------------------------------------------------------------------------
+_defined: dict[str, dict] = {}  # variants from suite files and specs: name -> {"method": base, **settings}
+
+
+def _builtin_variants() -> dict[str, dict]:
+    out = {}
+    for base in _discover()[0].values():
+        for name, settings in getattr(base, "variants", {}).items():
+            out[name] = {"method": base.name, **settings}
+    return out
+
+
+def _all_variants() -> dict[str, dict]:
+    return {**_builtin_variants(), **_defined}
+
+
+def variant_definitions() -> dict[str, dict]:
+    """Every variant known to this process: name -> ``{"method": base, **settings}``."""
+    return {n: dict(d) for n, d in _all_variants().items()}
+
+
+def define_variants(table: dict[str, dict], where: str = "") -> None:
+    """Make the variants of ``table`` (name -> ``{"method": base, setting: value, ...}``, optionally a
+    ``description``) known by name.
+
+    Defining a name again with the same definition is a no-op; a different one, or a plugin's name, is
+    refused. Settings are checked against the base's config now."""
+    prefix = f"{where}: " if where else ""
+    for name, definition in table.items():
+        if not isinstance(definition, dict) or not isinstance(definition.get("method"), str):
+            raise BenchError(f"{prefix}variant '{name}' must be a table naming its base method, e.g. "
+                             f'{name} = {{ method = "mask", gdr = false }}')
+        if not _STACK_PART.match(name):
+            raise BenchError(f"{prefix}bad variant name '{name}': use lower-case letters, digits and '_', "
+                             "starting with a letter")
+        if name in _discover()[0]:
+            raise BenchError(f"{prefix}variant '{name}' has the name of an installed method; choose another name")
+        known = _all_variants().get(name)
+        if known is not None and _same(known, definition):
+            continue  # defined before (a spec's configs() redefines its variants each call)
+        if known is not None:
+            raise BenchError(f"{prefix}variant '{name}' is already defined as {_describe(known)}; "
+                             "choose another name for this one")
+        chain, base = [name], definition["method"]
+        while base in _all_variants() and base not in chain:
+            chain.append(base)
+            base = _all_variants()[base]["method"]
+        if base in chain:
+            raise BenchError(f"{prefix}variant '{name}' builds on itself ({' -> '.join([*chain, base])}); "
+                             "name an installed method as its base")
+        _defined[name] = dict(definition)
+        _variant_class.cache_clear()
+        try:
+            get_method(name).make_config("", 1)  # types, choices and ranges of its settings, now
+        except BenchError as err:
+            del _defined[name]
+            _variant_class.cache_clear()
+            raise BenchError(f"{prefix}variant '{name}': {err}") from None
+
+
+def _same(a: dict, b: dict) -> bool:
+    """Two definitions of one variant agree on its base and settings (descriptions aside)."""
+    return a.get("method") == b.get("method") and _comparable(_settings_of(a)) == _comparable(_settings_of(b))
+
+
+def _comparable(definition: dict) -> str:
+    return json.dumps(definition, sort_keys=True, default=str)
+
+
+_NOT_SETTINGS = ("method", "description")  # keys of a variant's definition that are not settings
+
+
+def _settings_of(definition: dict) -> dict:
+    return {k: v for k, v in definition.items() if k not in _NOT_SETTINGS}
+
+
+def _describe(definition: dict) -> str:
+    settings = _settings_of(definition)
+    shown = ", ".join(f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in settings.items())
+    return f"{definition['method']} ({shown})" if shown else definition["method"]
+
+
+def variant_needs(stack: str) -> dict[str, dict]:
+    """The definitions of the variants a stack names (and of variants they build on)."""
+    table, out = _all_variants(), {}
+    todo = [p for p in stack.strip().split("+")]
+    while todo:
+        name = todo.pop()
+        if name in table and name not in out:
+            out[name] = dict(table[name])
+            todo.append(table[name]["method"])
+    return out
+
+
+@functools.cache
+def _variant_class(name: str) -> type[Method]:
+    definition = _all_variants()[name]
+    base = get_method(definition["method"])
+    settings = _settings_of(definition)
+    base_defaults = base.defaults_for
+
+    def defaults_for(cls, dataset: str, shots: int) -> dict:
+        return {**base_defaults(dataset, shots), **settings}
+
+    return type(f"{base.__name__}_{name}", (base,), {
+        "name": name,
+        "description": f"{definition.get('description') or base.description} (variant: {_describe(definition)})",
+        "version": f"{base.version}+{_comparable(settings)}",
+        "variant_of": base.name,
+        "variant_settings": dict(settings),
+        "variants": {},
+        "defaults_for": classmethod(defaults_for),
+        "__module__": base.__module__,
+    })
 
 
 def parse_stack(stack: str) -> list[type[Method]]:
@@ -85,3 +220,14 @@ def canonical_stack(stack: str) -> str:
     plugins = parse_stack(stack)
     return "+".join(p.name for p in sorted(plugins, key=lambda p: (p.slot == Slot.ENCODER, p.slot or 0)))
 
+
+
+def define_recorded_variants(recorded) -> None:
+    """Know the variants that result rows recorded (their ``variants`` JSON), so a report resolves a
+    suite file's variants without the file; a definition that clashes with a known one is left out."""
+    for text in dict.fromkeys(v for v in recorded if isinstance(v, str) and v):
+        for name, definition in json.loads(text).items():
+            try:
+                define_variants({name: definition})
+            except BenchError:
+                pass

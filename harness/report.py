@@ -122,6 +122,10 @@ def table_rows(rows: pd.DataFrame, current: dict[str, str] | None = None) -> tup
     ok = rows[rows["status"] == "ok"].copy()
     if ok.empty:
         return ok.assign(label=pd.Series(dtype=object)), None
+    if "variants" in ok:
+        from .registry import define_recorded_variants
+
+        define_recorded_variants(ok["variants"])
     ok["protocol"] = [infer_protocol(r) for r in ok.itertuples(index=False)]
     ok["stack"] = ok["stack"].map({s: _canonical(s) for s in set(ok["stack"])})
     ok["dataset_fingerprint"] = ok["dataset_fingerprint"].fillna("")
@@ -212,8 +216,13 @@ def accuracy_tables(rows: pd.DataFrame, shots: int | None = None, metric: str = 
 
 def gain_rows(mean: pd.DataFrame) -> pd.DataFrame:
     """'X+m vs X' for every stack adding a ``stacked_gain`` method m whose base ran (same configuration of
-    X), and 'S vs B' against every ``gain_baseline`` method B (zero-shot)."""
+    X), 'V vs M' for every named variant V of a method M that ran (the ablation rows: ``amt vs mask``), and
+    'S vs B' against every ``gain_baseline`` method B (zero-shot)."""
     gains = {}
+    for label in mean.index:
+        base = getattr(_plugin(label), "variant_of", None)
+        if base and base in mean.index:
+            gains[f"{label} vs {base}"] = mean.loc[label] - mean.loc[base]
     for label in mean.index:
         stack, sep, variant = label.partition(" (")
         base, stacked = _split_stack(stack)

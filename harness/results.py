@@ -43,6 +43,9 @@ BASE_SCHEMA = pa.schema([
     ("top1_new", pa.float64()), ("hm", pa.float64()),  # base-to-new protocol only
     ("n_train", pa.int64()), ("n_test", pa.int64()), ("trainable_params", pa.int64()),
     ("fit_seconds", pa.float64()), ("eval_seconds", pa.float64()), ("peak_mem_mb", pa.float64()),
+    # test-time speed of the final classifier (bench.trial.measure_throughput); device in `device`
+    ("infer_images_per_s", pa.float64()), ("infer_batch_size", pa.int64()), ("infer_images", pa.int64()),
+    ("variants", pa.string()),  # JSON: the named variants the stack uses, name -> {method, settings}
     ("device", pa.string()), ("hostname", pa.string()),
     ("node_id", pa.string()), ("node_ip", pa.string()),  # the Ray node that ran the trial
     ("torch", pa.string()), ("open_clip", pa.string()), ("bench", pa.string()),

@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from .plugin import config_dict
-from .registry import parse_stack
+from .registry import define_variants, parse_stack
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,9 +30,18 @@ class TrialSpec:
     data_fingerprint: str = ""  # content of the data the trial reads (bench.fingerprint), set by planning
     dataset_fingerprint: str = ""  # the dataset version's (equal across shots and seeds), set by planning
     weights_fingerprint: str = ""  # the starting weights' identity (tag or file hash), set by planning
+    # Named variants the stack uses, so a worker resolves them: name -> {"method": base, **settings}.
+    # Their settings reach the trial id through the variant's config and version.
+    variants: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    # Inference-speed measurement after the final evaluation: how many test images are timed (None: the
+    # whole test split, 0: none) and in batches of how many. Not part of the trial id: it changes no result.
+    infer_images: int | None = None
+    infer_batch_size: int = 100
 
     def configs(self) -> list[tuple[type, Any]]:
         """The stack's plugins in pipeline order, each with its resolved config."""
+        if self.variants:
+            define_variants(self.variants)
         return [(m, m.make_config(self.dataset, self.shots, self.overrides.get(m.name)))
                 for m in parse_stack(self.stack)]
 

@@ -25,6 +25,8 @@ class Suite:
     shift_targets: list[str] = dataclasses.field(default_factory=list)
     set: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # method -> key -> value
     set_per_dataset: dict[str, dict[str, dict[str, Any]]] = dataclasses.field(default_factory=dict)
+    # Named variants: name -> {"method": base, setting: value, ...}; usable wherever a method name is.
+    variants: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     device: str | None = None  # None: cuda when visible, else cpu
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
@@ -73,4 +75,10 @@ def load_suite(name_or_path: str) -> Suite:
         get_protocol(suite.protocol)
     except BenchError as err:
         raise BenchError(f"suite file {path}: {err}") from None
+    if not isinstance(suite.variants, dict):
+        raise BenchError(f"suite file {path}: 'variants' must be a table, e.g. "
+                         '[variants] amt = { method = "mask", gdr = false }')
+    from .registry import define_variants
+
+    define_variants(suite.variants, f"suite file {path}")
     return suite

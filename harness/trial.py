@@ -109,6 +109,53 @@ def evaluate(ctx: TrialContext, split: str, select: Callable = lambda logits: lo
     return 100.0 * int((predicted == labels).sum()) / len(labels), len(labels)
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def measure_throughput(ctx: TrialContext, batch_size: int = 100, max_images: int | None = None,
+                       split: str = "test") -> dict[str, Any]:
+    """Test-time speed of the final classifier: images/s of its real forward (images -> encoder -> every
+    slot -> logits) over ``split`` (its first ``max_images``), the feature cache bypassed.
+
+    The first batch warms up (kernels, allocator) and is not counted; decoding and moving images to the
+    device are not timed either, only the forward passes. Returns the row's ``infer_*`` columns."""
+    items = ctx.split(split)
+    n = len(items) if max_images is None else min(len(items), max_images)
+    if n == 0:
+        return {"infer_images_per_s": None, "infer_batch_size": batch_size, "infer_images": 0}
+    clf, device = ctx.clf, ctx.device
+    was_training = clf.training
+    clf.eval()
+    batches = iter(ctx.loader(split, batch_size=batch_size))
+    timed, seconds = 0, 0.0
+
+    def forward(images: torch.Tensor) -> float:
+        images = images.to(device, non_blocking=True)
+        _sync(device)
+        start = time.perf_counter()
+        clf(images)
+        _sync(device)
+        return time.perf_counter() - start
+
+    try:
+        warm_up, _ = next(batches)
+        forward(warm_up)
+        rest = [warm_up] if n <= len(warm_up) else []  # a split of one batch: time it again, warm
+        for images in rest or (b for b, _ in batches):
+            images = images[: n - timed]
+            seconds += forward(images)
+            timed += len(images)
+            if timed >= n:
+                break
+    finally:
+        clf.train(was_training)
+    return {"infer_images_per_s": timed / seconds if seconds > 0 else None, "infer_batch_size": batch_size,
+            "infer_images": timed}
+
+
 def run_trial(spec: TrialSpec, progress: Callable[[str], None] = lambda m: None,
               artifact_dir: Path | None = None,
               keep_predictions: Callable[[pa.Table], None] | None = None) -> dict[str, Any]:
@@ -147,12 +194,16 @@ def run_trial(spec: TrialSpec, progress: Callable[[str], None] = lambda m: None,
     predictions = Predictions()
     val_top1, _ = evaluate(ctx, "val")
     top1, n_test = evaluate(ctx, "test", keep=predictions.keeper("test"))
+    t_speed = time.perf_counter()  # on the trial's own test split, before a protocol swaps data or head
+    if spec.infer_images != 0:
+        row.update(measure_throughput(ctx, spec.infer_batch_size, spec.infer_images))
+    speed_seconds = time.perf_counter() - t_speed
     fields, extras = get_protocol(spec.protocol).extra_metrics(
         ctx, spec, top1, lambda split, select=lambda logits: logits, name="test":
         evaluate(ctx, split, select, keep=predictions.keeper(name)))
     row.update(fields)
     row["extras"].update(extras)
-    eval_seconds = time.perf_counter() - t0
+    eval_seconds = time.perf_counter() - t0 - speed_seconds
     if keep_predictions is not None:
         keep_predictions(predictions.table())
     row.update(
@@ -210,6 +261,7 @@ def spec_fields(spec: TrialSpec) -> dict[str, Any]:
         "weights_fingerprint": spec.weights_fingerprint,
         "hparams": json.dumps(spec.hyperparameters(), sort_keys=True),
         "settings": json.dumps(non_default_settings(spec), sort_keys=True),
+        "variants": json.dumps(spec.variants, sort_keys=True, default=str),
         "device": spec.device, "torch": torch.__version__, "open_clip": open_clip.__version__,
         "bench": __version__,
     }

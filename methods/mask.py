@@ -129,6 +129,8 @@ class MaskTuning(Method):
     version = "1"
     stacked_gain = True  # "X+mask vs X": what R-AMT adds on top of a method
     row_fields = ("mask_sparsity", "mask_sparsity_encoder")
+    # AMT, the paper's ablation without GDR (published as 'amt')
+    variants = {"amt": {"gdr": False, "description": "AMT: R-AMT's binary masks trained without gradient dropout"}}
 
     @dataclasses.dataclass
     class Config:
