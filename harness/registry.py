@@ -105,8 +105,8 @@ def define_variants(table: dict[str, dict], where: str = "") -> None:
     prefix = f"{where}: " if where else ""
     for name, definition in table.items():
         if not isinstance(definition, dict) or not isinstance(definition.get("method"), str):
-            raise BenchError(f"{prefix}variant '{name}' must be a table naming its base method, e.g. "
-                             f'{name} = {{ method = "mask", gdr = false }}')
+            raise BenchError(f"{prefix}variant '{name}' must be a table naming its base method "
+                             f'(e.g. {name} = {{ method = "mask", gdr = false }})')
         if not _STACK_PART.match(name):
             raise BenchError(f"{prefix}bad variant name '{name}': use lower-case letters, digits and '_', "
                              "starting with a letter")

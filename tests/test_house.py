@@ -68,8 +68,11 @@ def string_constants(path: Path) -> list[str]:
     docstrings = {id(n.body[0].value) for n in ast.walk(tree)
                   if isinstance(n, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
                   and n.body and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
-    return [n.value for n in ast.walk(tree)
-            if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docstrings]
+    parts_of_fstrings = {id(v) for n in ast.walk(tree) if isinstance(n, ast.JoinedStr) for v in n.values}
+    fstrings = ["".join(v.value if isinstance(v, ast.Constant) else "{}" for v in n.values)
+                for n in ast.walk(tree) if isinstance(n, ast.JoinedStr)]
+    return fstrings + [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
+                       and id(n) not in docstrings and id(n) not in parts_of_fstrings]
 
 
 def test_the_engine_names_no_method():
