@@ -1,7 +1,6 @@
 """Turn a suite plus command-line choices into validated TrialSpecs, before anything runs."""
 from __future__ import annotations
 
-import dataclasses
 import itertools
 from typing import Any
 

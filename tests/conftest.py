@@ -40,3 +40,23 @@ def fixture_root(tmp_path_factory) -> Path:
                                     image_dir="images", template="a photo of a {} patch.",
                                     split_file="split_zhou_Fixture.json"))
     return root
+
+
+@pytest.fixture
+def one_thread():
+    """The tiny model's ops are small: on a shared 2-core machine one thread is much faster."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """The tiny CLIP with random weights (frozen) and its tokenizer."""
+    from bench.models import load_model
+
+    model, _, tokenizer = load_model("tiny", "none")
+    return model, tokenizer

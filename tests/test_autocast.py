@@ -19,7 +19,6 @@ from bench.methods._masking import select_masked
 from bench.methods._training import amp_dtype, resolve_precision
 from bench.methods.coop import CoOp, CoOpConfig, PromptHead
 from bench.methods.mask import MaskTuning, bf16_autocast, rmt_step
-from bench.models import load_model
 from bench.spec import TrialSpec
 from bench.trial import build_context, evaluate, seed_everything
 
@@ -27,18 +26,7 @@ CPU = torch.device("cpu")
 CLASSES = ["red", "green", "dark_blue", "traffic light", "ewer"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    model, _, tokenizer = load_model("tiny", "none")
-    return model.requires_grad_(False), tokenizer
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -8,25 +8,13 @@ import torch
 import torch.nn.functional as F
 
 from bench.methods.coop import CoOp, CoOpConfig, PromptHead
-from bench.models import load_model
 from bench.spec import TrialSpec
 from bench.trial import build_context, evaluate, seed_everything
 
 CLASSES = ["red", "green", "dark_blue", "traffic light", "2012 Mercedes-Benz Sprinter Van", "ewer"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    model, _, tokenizer = load_model("tiny", "none")
-    return model.requires_grad_(False), tokenizer
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def head_pair(model, tokenizer, classes=CLASSES, dtype=torch.float32, **settings):

@@ -1,7 +1,6 @@
 """Own data: image folders and lists as datasets, in every layout, end to end, and every bad-data case."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil

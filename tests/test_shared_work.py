@@ -2,7 +2,6 @@
 augmented encoder passes are encoded once for every method and trial that asks for them."""
 from __future__ import annotations
 
-import dataclasses
 
 import torch
 

@@ -10,7 +10,6 @@ from contextlib import redirect_stdout
 
 import pandas as pd
 import pytest
-import torch
 
 from bench.errors import BenchError
 from bench.execute import execute_trial
@@ -22,12 +21,7 @@ from bench.suite import Suite, load_suite
 FAST = {"mask": {"steps": 2, "lr": 1e-3}, "amt": {"steps": 2, "lr": 1e-3}, "coop": {"epochs": 1, "feature_views": 1}}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_amt_is_mask_with_gdr_off_under_its_own_name():
