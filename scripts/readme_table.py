@@ -1,4 +1,5 @@
-"""Regenerate README.md's "What the default run prints" table from a cold-cache run of the default suite.
+"""Regenerate README.md's "What the default run prints" table (and the figures in docs/) from a cold-cache
+run of the default suite.
 
 Runs `bench run` (the synthetic suite, exactly as a new user does) with an empty cache and results
 folder, then writes the markdown report between the README's ``default-table`` markers, with the wall
@@ -38,7 +39,8 @@ def main() -> None:
         start = time.perf_counter()
         bench("run", "--results", results, "--no-report", env=env)
         wall = time.perf_counter() - start
-        table = bench("report", "--results", results, "--run", "synthetic", "--format", "markdown", env=env)
+        table = bench("report", "--results", results, "--run", "synthetic", "--format", "markdown",
+                      "--plot", str(ROOT / "docs" / "synthetic.png"), env=env)  # also docs/synthetic_gains.png
         rows = pd.read_parquet(f"{results}/synthetic/trials")
     body = [line for line in table.splitlines() if line.startswith("|")]
     header, rule, *cells = body
