@@ -14,6 +14,10 @@ the Parquet rows (``started_at``, ``finished_at``, ``fit_seconds``, ``eval_secon
   its in-trial overhead. The median of that is the printed figure (target <= 2 s); the first trial of
   each slot carries the start-up, which the median leaves out and the start-up line shows.
 
+Fixed cost per run: start-up plus tail (what a run pays besides its trials), over the bare
+``import torch, open_clip, ray`` time measured in the same benchmark (once before and once after the run,
+the mean taken) is printed as ``startup ratio: <ratio>`` (target <= 1.5).
+
 Run from the repository root: ``python benchmarks/overhead.py [--seeds 1,2] [--datasets ...]`` (1-3 min).
 Last line: ``overhead seconds: <median per-trial scheduling overhead>``.
 """
@@ -44,6 +48,16 @@ def run_bench(results: str | Path, datasets: list[str] | None = None, seeds: str
     if proc.returncode != 0:
         raise RuntimeError(f"`{' '.join(cmd)}` exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return t0, t1
+
+
+BARE_IMPORTS = "import torch, open_clip, ray"
+
+
+def bare_import_seconds() -> float:
+    """Wall time of a fresh interpreter importing what every ``bench run`` must import."""
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", BARE_IMPORTS], check=True, capture_output=True)
+    return time.perf_counter() - t0
 
 
 def analyse(rows, launched: float, exited: float, concurrency: int) -> dict:
@@ -85,15 +99,28 @@ def measure(datasets: list[str] | None = None, seeds: str = "1,2", cpus_per_tria
 
     with tempfile.TemporaryDirectory(prefix="overhead-") as tmp:
         results = Path(workdir or tmp) / "results"
+        before = bare_import_seconds()
         launched, exited = run_bench(results, datasets, seeds, methods, cpus_per_trial)
+        bare = (before + bare_import_seconds()) / 2
         rows = pd.read_parquet(results / RUN / "trials")
     concurrency = int(math.floor((os.cpu_count() or 1) / cpus_per_trial + 1e-9))
     out = analyse(rows, launched, exited, concurrency)
     out["rows"] = rows
+    add_startup_ratio(out, bare)
     return out
 
 
+def add_startup_ratio(o: dict, bare: float) -> None:
+    """The run's fixed cost (start-up + tail) and its ratio to the bare import time ``bare``."""
+    o["bare_import"] = bare
+    o["fixed"] = o["startup"] + o["tail"]
+    o["startup_ratio"] = o["fixed"] / bare
+
+
 def print_report(o: dict) -> None:
+    if "bare_import" in o:
+        print(f"bare `{BARE_IMPORTS}` {o['bare_import']:.1f} s; fixed cost of the run (start-up + tail) "
+              f"{o['fixed']:.1f} s")
     q = lambda xs: f"median {statistics.median(xs):5.2f}  min {min(xs):5.2f}  max {max(xs):5.2f}"
     print(f"{o['trials']} trials, {o['concurrency']} at a time; bench run wall {o['wall']:.1f} s, "
           f"sum of trial walls {o['sum_trial_wall']:.1f} s, of which fit+eval {o['sum_fit_eval']:.1f} s")
@@ -120,6 +147,7 @@ def main(argv=None) -> int:
     o = measure(args.datasets.split(",") if args.datasets else None, args.seeds, args.cpus_per_trial,
                 methods=args.methods)
     print_report(o)
+    print(f"startup ratio: {o['startup_ratio']:.2f}")
     print(f"overhead seconds: {o['per_trial_median']:.2f}")
     return 0
 

@@ -76,6 +76,8 @@ def test_overhead_analysis():
     assert o["gaps_median"] == pytest.approx(0.5)
     assert o["per_trial_median"] == pytest.approx(1.5)  # 0.5 s gap + 1 s in-trial
     assert o["per_trial_median_steady"] == pytest.approx(1.5)
+    overhead.add_startup_ratio(o, bare=4.0)
+    assert o["fixed"] == pytest.approx(12.0) and o["startup_ratio"] == pytest.approx(3.0)
     overhead.print_report(o)
 
 
