@@ -1,8 +1,8 @@
 """Baseline plugins: CoOp, CLIP-Adapter, Tip-Adapter(-F), linear probe.
 
-short learning runs with fixed seeds on the fixture dataset (random tiny model, so zero-shot is chance), and
-margins over zero-shot on the pre-trained tiny model (syn_novel, the synthetic suite's settings).
-short learning runs with fixed seeds on the fixture dataset (random tiny model, so zero-shot is chance).
+Exactness of the building blocks on hand-made tensors, that no selection step reads the test split, the
+learning rate of every optimizer step, short learning runs with fixed seeds on the fixture dataset (random
+tiny model, so zero-shot is chance), and margins over zero-shot on the pre-trained tiny model (syn_novel).
 """
 from __future__ import annotations
 
