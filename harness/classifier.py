@@ -49,13 +49,21 @@ class ClipClassifier(nn.Module):
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         return self.model.encode_image(images)
 
-    def logits_from_features(self, features: torch.Tensor) -> torch.Tensor:
+    def adapt(self, features: torch.Tensor) -> torch.Tensor:
+        """Encoder features through the installed adapters."""
         for adapter in self.adapters:
             features = adapter(features)
+        return features
+
+    def logits_from_adapted(self, features: torch.Tensor) -> torch.Tensor:
+        """The head's logits plus every logit term, on features already through the adapters."""
         logits = self.head(features)
         for term in self.logit_terms:
             logits = logits + term(features)
         return logits
+
+    def logits_from_features(self, features: torch.Tensor) -> torch.Tensor:
+        return self.logits_from_adapted(self.adapt(features))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.logits_from_features(self.encode(images))

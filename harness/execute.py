@@ -10,7 +10,7 @@ from typing import Any, Callable
 from .errors import BenchError
 from .results import RowWriteError, RunFolder
 from .spec import TrialSpec
-from .trial import run_trial, spec_fields
+from .trial import plain_spec_fields, run_trial, spec_fields
 
 
 def error_row(spec: TrialSpec, message: str, where: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -23,9 +23,7 @@ def safe_spec_fields(spec: TrialSpec) -> dict[str, Any]:
     try:
         return spec_fields(spec)
     except Exception:  # e.g. a plugin that no longer loads: keep what plain data we have
-        return {"run": spec.run, "trial_id": _id_or_none(spec), "suite": spec.suite, "dataset": spec.dataset,
-                "shots": spec.shots, "seed": spec.seed, "stack": spec.stack, "model": spec.model,
-                "pretrained": spec.pretrained, "device": spec.device, "protocol": spec.protocol}
+        return {**plain_spec_fields(spec), "trial_id": _id_or_none(spec)}
 
 
 def _id_or_none(spec: TrialSpec) -> str | None:

@@ -252,18 +252,25 @@ def peak_memory_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def spec_fields(spec: TrialSpec) -> dict[str, Any]:
+def plain_spec_fields(spec: TrialSpec) -> dict[str, Any]:
+    """The row fields a spec holds as plain data: readable even when a plugin or dataset no longer loads."""
     return {
-        "run": spec.run, "trial_id": spec.trial_id, "suite": spec.suite, "protocol": spec.protocol,
-        "dataset": get_dataset(spec.dataset).name, "shots": spec.shots, "seed": spec.seed, "stack": spec.stack,
-        "model": spec.model, "pretrained": spec.pretrained,
-        "data_fingerprint": spec.data_fingerprint, "dataset_fingerprint": spec.dataset_fingerprint,
-        "weights_fingerprint": spec.weights_fingerprint,
+        "run": spec.run, "suite": spec.suite, "protocol": spec.protocol, "dataset": spec.dataset,
+        "shots": spec.shots, "seed": spec.seed, "stack": spec.stack, "model": spec.model,
+        "pretrained": spec.pretrained, "data_fingerprint": spec.data_fingerprint,
+        "dataset_fingerprint": spec.dataset_fingerprint, "weights_fingerprint": spec.weights_fingerprint,
+        "device": spec.device,
+    }
+
+
+def spec_fields(spec: TrialSpec) -> dict[str, Any]:
+    """Every row field that describes the trial (its id, registered dataset name, settings, versions)."""
+    return {
+        **plain_spec_fields(spec), "trial_id": spec.trial_id, "dataset": get_dataset(spec.dataset).name,
         "hparams": json.dumps(spec.hyperparameters(), sort_keys=True),
         "settings": json.dumps(non_default_settings(spec), sort_keys=True),
         "variants": json.dumps(spec.variants, sort_keys=True, default=str),
-        "device": spec.device, "torch": torch.__version__, "open_clip": open_clip.__version__,
-        "bench": __version__,
+        "torch": torch.__version__, "open_clip": open_clip.__version__, "bench": __version__,
     }
 
 

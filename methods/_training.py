@@ -1,11 +1,12 @@
-"""Small helpers shared by the trained baselines: CoOp's schedule and epoch table, batching, precision.
+"""Small helpers shared by the trained methods: the epoch loop, CoOp's schedule and epoch table, batching,
+precision.
 
 Not a plugin (no entry point); method modules import it instead of each other.
 """
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from typing import Callable, Iterable, Iterator
 
 import torch
 
@@ -23,21 +24,68 @@ def coop_epochs(dataset: str, shots: int) -> int:
     return COOP_EPOCHS[known[-1]] if known else COOP_EPOCHS[1]
 
 
-def warmup_cosine_lr(epoch: int, base_lr: float, max_epoch: int, warmup_epochs: int = 1,
-                     warmup_lr: float = 1e-5) -> float:
-    """Dassl's constant warm-up + cosine, as CoOp runs it (stepped once per epoch, 0-based ``epoch``).
+def warmup_cosine(optimizer: torch.optim.Optimizer, max_epoch: int, warmup_epochs: int = 1,
+                  warmup_lr: float = 1e-5) -> torch.optim.lr_scheduler.LambdaLR:
+    """Dassl's constant warm-up + cosine, as CoOp runs it: stepped once per epoch, from the optimizer's lr.
 
     During the warm-up the rate is ``warmup_lr``; afterwards the cosine over ``max_epoch`` epochs is
-    shifted by the warm-up, so it never reaches 0: ``base * 0.5 * (1 + cos(pi * (e - w) / max_epoch))``.
+    shifted by the warm-up, so it never reaches 0: ``lr * 0.5 * (1 + cos(pi * (e - w) / max_epoch))``.
     """
-    if epoch < warmup_epochs:
-        return warmup_lr
-    return base_lr * 0.5 * (1.0 + math.cos(math.pi * (epoch - warmup_epochs) / max_epoch))
+    base_lr = optimizer.param_groups[0]["lr"]
+
+    def factor(epoch: int) -> float:
+        if epoch < warmup_epochs:
+            return warmup_lr / base_lr
+        return 0.5 * (1.0 + math.cos(math.pi * (epoch - warmup_epochs) / max_epoch))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = lr
+def train_epochs(epochs: int, epoch_batches: Callable[[int], Iterable[tuple]], step: Callable[..., float], *,
+                 scheduler=None, per_batch: bool = False, max_steps: int | None = None,
+                 after_epoch: Callable[[int], None] | None = None,
+                 report: tuple[Callable[[str], None], str, int] | None = None,
+                 detail: Callable[[], str] = lambda: "") -> float:
+    """The trained methods' epoch loop; returns the last epoch's mean loss.
+
+    ``step(*batch)`` trains on one batch and returns its loss; ``scheduler`` is stepped after every
+    epoch, or after every batch with ``per_batch``; ``max_steps`` ends training after that many batches
+    in all; ``after_epoch(epoch)`` runs at the end of each epoch (e.g. a selection on validation data).
+    ``report = (progress, name, every)`` writes a status line every ``every`` epochs and after the
+    last, with ``detail()`` appended.
+    """
+    mean, done = float("nan"), 0
+    for epoch in range(epochs):
+        losses = []
+        for batch in epoch_batches(epoch):
+            if max_steps is not None and done >= max_steps:
+                break
+            losses.append(step(*batch))
+            done += 1
+            if scheduler is not None and per_batch:
+                scheduler.step()
+        if scheduler is not None and not per_batch:
+            scheduler.step()
+        mean = sum(losses) / max(len(losses), 1)
+        if after_epoch is not None:
+            after_epoch(epoch)
+        if report is not None:
+            progress, name, every = report
+            if (epoch + 1) % every == 0 or epoch + 1 == epochs:
+                progress(f"{name} epoch {epoch + 1}/{epochs} loss {mean:.4f}{detail()}")
+    return mean
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, scaler=None) -> float:
+    """Back-propagate ``loss`` and step (through ``scaler``, a ``GradScaler``, when given); the loss value."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+    return float(loss.detach())
 
 
 def batches(n: int, batch_size: int, generator: torch.Generator, shuffle: bool = True,
@@ -52,13 +100,6 @@ def batches(n: int, batch_size: int, generator: torch.Generator, shuffle: bool =
 
 def n_batches(n: int, batch_size: int, drop_last: bool = True) -> int:
     return n // batch_size if (drop_last and n >= batch_size) else math.ceil(n / batch_size)
-
-
-def through_adapters(clf, features: torch.Tensor) -> torch.Tensor:
-    """Apply the adapters already installed in ``clf`` (a stack's earlier ADAPTER methods)."""
-    for adapter in clf.adapters:
-        features = adapter(features)
-    return features
 
 
 def resolve_precision(precision: str, device: torch.device, name: str) -> str:

@@ -36,7 +36,7 @@ from torch import nn
 from bench import BenchError, Method, Slot
 from bench.plugin import AtLeastOne, NonNegative, Positive, Range
 
-from ._training import coop_epochs, set_lr, through_adapters, train_feature_batches, warmup_cosine_lr
+from ._training import coop_epochs, optimizer_step, train_epochs, train_feature_batches, warmup_cosine
 
 
 @dataclasses.dataclass
@@ -100,25 +100,15 @@ class ClipAdapter(Method):
         views = (cfg.views or cfg.epochs) if cfg.feature_cache else None
         epoch_batches = train_feature_batches(clf, ctx, ctx.train_transform(tuple(cfg.crop_scale)), cfg.batch_size,
                                               ctx.generator(21), views)
+        clf.adapters.append(adapter)  # trained in its slot: the logits are the classifier's own
+
+        def step(feats, y) -> float:
+            return optimizer_step(optimizer, F.cross_entropy(clf.logits_from_features(feats), y))
+
         adapter.train()
-        losses: list[float] = []
-        for epoch in range(cfg.epochs):
-            set_lr(optimizer, warmup_cosine_lr(epoch, cfg.lr, cfg.epochs, cfg.warmup_epochs, cfg.warmup_lr))
-            losses = []
-            for feats, y in epoch_batches(epoch):
-                with torch.no_grad():
-                    feats = through_adapters(clf, feats)  # adapters a stack installed earlier (none by default)
-                logits = clf.head(adapter(feats))
-                for term in clf.logit_terms:
-                    logits = logits + term(adapter(feats))
-                loss = F.cross_entropy(logits, y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                losses.append(float(loss.detach()))
-            if (epoch + 1) % 20 == 0 or epoch + 1 == cfg.epochs:
-                ctx.progress(f"clip_adapter epoch {epoch + 1}/{cfg.epochs} loss {sum(losses) / max(len(losses), 1):.4f}")
+        train_loss = train_epochs(cfg.epochs, epoch_batches, step,
+                                  scheduler=warmup_cosine(optimizer, cfg.epochs, cfg.warmup_epochs, cfg.warmup_lr),
+                                  report=(ctx.progress, self.name, 20))
         adapter.eval().requires_grad_(False)
-        clf.adapters.append(adapter)
         return {"trainable_params": sum(p.numel() for p in adapter.parameters()), "epochs": cfg.epochs,
-                "views": views or 0, "train_loss": sum(losses) / max(len(losses), 1)}
+                "views": views or 0, "train_loss": train_loss}

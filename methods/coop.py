@@ -62,8 +62,8 @@ from torch import nn
 from bench import BenchError, Method, Slot
 from bench.plugin import AtLeastOne, NonNegative, Positive, Range
 
-from ._training import (amp_dtype, coop_epochs, resolve_precision, set_lr, through_adapters, train_feature_batches,
-                        warmup_cosine_lr)
+from ._training import (amp_dtype, coop_epochs, optimizer_step, resolve_precision, train_epochs, train_feature_batches,
+                        warmup_cosine)
 
 POSITIONS = ("end", "middle", "front")
 
@@ -296,7 +296,7 @@ class PromptHead(nn.Module):
         return self.tower(self.prompts(), self.ids[:, :self.length])
 
     def text_features(self) -> torch.Tensor:
-        if self.training or torch.is_grad_enabled():
+        if self.training or (torch.is_grad_enabled() and self.ctx.requires_grad):
             self._cache = None
             return self.encode()
         key = (self.ctx._version, self.ctx.data_ptr(), self.ctx.device)
@@ -349,29 +349,19 @@ class CoOp(Method):
         epoch_batches = train_feature_batches(clf, ctx, transform, cfg.batch_size, ctx.generator(11),
                                               cfg.feature_views or None)
 
+        def step(feats, y) -> float:
+            with torch.no_grad():
+                feats = clf.adapt(feats)
+            with autocast():
+                loss = F.cross_entropy(clf.logits_from_adapted(feats), y)
+            return optimizer_step(optimizer, loss, scaler)
+
         head.train()
-        losses: list[float] = []
-        for epoch in range(cfg.epochs):
-            set_lr(optimizer, warmup_cosine_lr(epoch, cfg.lr, cfg.epochs, cfg.warmup_epochs, cfg.warmup_lr))
-            losses = []
-            for feats, y in epoch_batches(epoch):
-                with torch.no_grad():
-                    feats = through_adapters(clf, feats)
-                with autocast():
-                    loss = F.cross_entropy(head(feats), y)
-                optimizer.zero_grad(set_to_none=True)
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    loss.backward()
-                    optimizer.step()
-                losses.append(float(loss.detach()))
-            if (epoch + 1) % 10 == 0 or epoch + 1 == cfg.epochs:
-                ctx.progress(f"coop epoch {epoch + 1}/{cfg.epochs} loss {sum(losses) / max(len(losses), 1):.4f}")
+        train_loss = train_epochs(cfg.epochs, epoch_batches, step,
+                                  scheduler=warmup_cosine(optimizer, cfg.epochs, cfg.warmup_epochs, cfg.warmup_lr),
+                                  report=(ctx.progress, self.name, 10))
         head.eval()
         head.ctx.requires_grad_(False)
         return {"trainable_params": head.ctx.numel(), "precision": precision, "epochs": cfg.epochs,
                 "text_path": "shared_prefix" if head.shared_prefix else "plain",
-                "n_ctx": head.n_ctx, "train_loss": sum(losses) / max(len(losses), 1)}
+                "n_ctx": head.n_ctx, "train_loss": train_loss}

@@ -32,7 +32,6 @@ from torch import nn
 from bench import BenchError, Method, Slot
 from bench.plugin import AtLeastOne, NonNegative, Positive
 
-from ._training import through_adapters
 
 C_GRID = (1e6, 1e4, 1e2, 1.0, 1e-2, 1e-4, 1e-6)
 
@@ -118,7 +117,7 @@ class LinearProbe(Method):
     def fit(self, clf, ctx) -> dict:
         cfg: LinearProbeConfig = self.config
         with torch.no_grad():
-            train_x = through_adapters(clf, ctx.features("train")[0]).cpu().double().numpy()
+            train_x = clf.adapt(ctx.features("train")[0]).cpu().double().numpy()
         train_y = ctx.labels("train").cpu().numpy()
         if cfg.C is not None:
             chosen_c, model, history = cfg.C, fit_logreg(train_x, train_y, cfg.C, cfg.max_iter), []
@@ -127,7 +126,7 @@ class LinearProbe(Method):
                 raise BenchError("linear_probe chooses C on the few-shot validation split, but it is empty; "
                                  "set linear_probe.C=<value>")
             with torch.no_grad():
-                val_x = through_adapters(clf, ctx.features("val")[0]).cpu().double().numpy()
+                val_x = clf.adapt(ctx.features("val")[0]).cpu().double().numpy()
             val_y = ctx.labels("val").cpu().numpy()
             chosen_c, model, history = search_c(train_x, train_y, val_x, val_y, tuple(cfg.c_grid),
                                                 cfg.search_steps, cfg.max_iter)

@@ -52,6 +52,7 @@ from bench import Method, Slot
 from bench.plugin import AtLeastOne, NonNegative, Positive, Range
 from bench.classifier import ZeroShotHead
 
+from ._training import train_epochs
 from ._masking import (LAYERS, apply_masks, binary_masks, gdr_gradient, load_masks, masked_forward, save_masks,
                        select_masked, sparsity)
 
@@ -197,32 +198,29 @@ class MaskTuning(Method):
         total = cfg.steps if cfg.steps is not None else cfg.epochs * per_epoch
         epochs = math.ceil(total / per_epoch)
         opt = torch.optim.Adam(scores.values(), lr=cfg.lr, weight_decay=0.0)
-        # cosine per epoch (the paper); with a fixed step count, per step over those steps
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.steps or cfg.epochs, 1))
         u_gen = torch.Generator(device=ctx.device).manual_seed(int(torch.randint(2**62, (1,),
                                                                                   generator=ctx.generator(12))))
+        done = [0, float("nan")]  # steps taken, the last step's loss
+
+        def step(images, labels) -> float:
+            done[1] = rmt_step(visual, head, scores, opt, images.to(ctx.device), labels.to(ctx.device),
+                               threshold=cfg.threshold, reg_weight=cfg.reg_weight, gdr=cfg.gdr, lam=lam,
+                               temperature=cfg.gdr_temperature, generator=u_gen, autocast=autocast)
+            done[0] += 1
+            return done[1]
+
+        def detail() -> str:
+            return f" step {done[0]}/{total} off {sparsity(binary_masks(scores, cfg.threshold))[0]:.2f}%"
+
         was_training = visual.training
         visual.train()
-        step, loss = 0, float("nan")
-        try:
-            for epoch in range(epochs):
-                for images, labels in loader:
-                    if step >= total:
-                        break
-                    loss = rmt_step(visual, head, scores, opt, images.to(ctx.device), labels.to(ctx.device),
-                                    threshold=cfg.threshold, reg_weight=cfg.reg_weight, gdr=cfg.gdr, lam=lam,
-                                    temperature=cfg.gdr_temperature, generator=u_gen, autocast=autocast)
-                    step += 1
-                    if cfg.steps is not None:
-                        sched.step()
-                if cfg.steps is None:
-                    sched.step()
-                if (epoch + 1) % max(epochs // 10, 1) and epoch + 1 < epochs:
-                    continue  # about ten status lines per fit
-                off, _ = sparsity(binary_masks(scores, cfg.threshold))
-                ctx.progress(f"mask epoch {epoch + 1}/{epochs} step {step}/{total} loss {loss:.3f} off {off:.2f}%")
+        try:  # cosine per epoch (the paper); with a fixed step count, per step over those steps
+            train_epochs(epochs, lambda epoch: loader, step, scheduler=sched, per_batch=cfg.steps is not None,
+                         max_steps=total, report=(ctx.progress, self.name, max(epochs // 10, 1)), detail=detail)
         finally:
             visual.train(was_training)
+        steps_taken, loss = done
 
         masks = binary_masks(scores, cfg.threshold)
         off, off_encoder = sparsity(masks, visual)
@@ -233,4 +231,4 @@ class MaskTuning(Method):
             masks_file = str(save_masks(masks, Path(ctx.artifact_dir) / self.name / MASKS_FILE))
         return {"trainable_params": sum(s.numel() for s in scores.values()), "mask_sparsity": off,
                 "mask_sparsity_encoder": off_encoder, "masks_file": masks_file, "gdr_lambda": lam,
-                "steps": step, "train_loss": loss}
+                "steps": steps_taken, "train_loss": loss}

@@ -58,7 +58,7 @@ from bench.plugin import AtLeastOne, NonNegative, Positive, Range
 from bench.classifier import ZeroShotHead
 from bench.data.templates import IMAGENET_TEMPLATES_SELECT
 
-from ._training import n_batches, through_adapters, train_feature_batches
+from ._training import n_batches, optimizer_step, train_epochs, train_feature_batches
 
 # dataset: (init_alpha, (S_beta, S_alpha), train epochs), from the official configs/*.yaml.
 TABLE: dict[str, tuple[float, tuple[float, float], int]] = {
@@ -176,10 +176,11 @@ class _TipBase(Method):
         with torch.no_grad():
             views = ctx.features("train", ctx.train_transform(tuple(cfg.crop_scale)), views=cfg.augment_views,
                                  stream=30)
-            keys = F.normalize(through_adapters(clf, views).mean(0), dim=-1)  # mean of un-normalised, then L2
+            keys = F.normalize(clf.adapt(views).mean(0), dim=-1)  # mean of un-normalised, then L2
             values = F.one_hot(ctx.labels("train"), ctx.num_classes).float()
         term = CacheTerm(keys, values, cfg.init_alpha, cfg.init_beta).to(ctx.device)
         val = self.validation(clf, ctx) if (cfg.search_hp or getattr(cfg, "select", "") == "val") else None
+        clf.logit_terms.append(term)  # in its slot from here: Tip-Adapter-F trains on the classifier's logits
         out = self.train_keys(term, clf, ctx, val)
         if cfg.search_hp:
             feats, base, labels = val
@@ -187,7 +188,6 @@ class _TipBase(Method):
                                                            cfg.search_step)
             out["val_top1_search"] = acc
         term.requires_grad_(False)
-        clf.logit_terms.append(term)
         return {"trainable_params": term.keys.numel() if out.pop("learned", False) else 0,
                 "alpha": term.alpha, "beta": term.beta, **out}
 
@@ -198,7 +198,7 @@ class _TipBase(Method):
                              f"set {self.name}.search_hp=false (and {self.name}.select=last)")
         with torch.no_grad():
             raw = ctx.features("val")[0]
-            return through_adapters(clf, raw), clf.logits_from_features(raw), ctx.labels("val")
+            return clf.adapt(raw), clf.logits_from_features(raw), ctx.labels("val")
 
 
 class TipAdapter(_TipBase):
@@ -225,32 +225,25 @@ class TipAdapterF(_TipBase):
         views = (cfg.train_views or cfg.epochs) if cfg.feature_cache else None
         epoch_batches = train_feature_batches(clf, ctx, ctx.train_transform(tuple(cfg.crop_scale)), cfg.batch_size,
                                               ctx.generator(31), views, stream=31, drop_last=False)
-        best_correct, best_epoch, best_keys = -1, cfg.epochs - 1, None
-        loss_value = float("nan")
-        for epoch in range(cfg.epochs):
-            term.train()
-            losses = []
-            for feats, y in epoch_batches(epoch):
-                with torch.no_grad():
-                    feats = through_adapters(clf, feats)
-                    base = clf.head(feats)
-                    for other in clf.logit_terms:
-                        base = base + other(feats)
-                loss = F.cross_entropy(base + term(feats), y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                losses.append(float(loss.detach()))
-            loss_value = sum(losses) / max(len(losses), 1)
-            if cfg.select == "val":
-                feats_v, base_v, labels_v = val
-                with torch.no_grad():
-                    correct = int(((base_v + term(feats_v)).argmax(-1) == labels_v).sum())
-                if correct >= best_correct:  # ties: the later, longer-trained epoch
-                    best_correct, best_epoch, best_keys = correct, epoch, term.keys.detach().clone()
-            if (epoch + 1) % 5 == 0 or epoch + 1 == cfg.epochs:
-                ctx.progress(f"tip_adapter_f epoch {epoch + 1}/{cfg.epochs} loss {loss_value:.4f}")
+        best = {"correct": -1, "epoch": cfg.epochs - 1, "keys": None}
+
+        def step(feats, y) -> float:
+            with torch.no_grad():
+                feats = clf.adapt(feats)
+            return optimizer_step(optimizer, F.cross_entropy(clf.logits_from_adapted(feats), y))
+
+        def select_on_val(epoch: int) -> None:
+            feats_v, base_v, labels_v = val
+            with torch.no_grad():
+                correct = int(((base_v + term(feats_v)).argmax(-1) == labels_v).sum())
+            if correct >= best["correct"]:  # ties: the later, longer-trained epoch
+                best.update(correct=correct, epoch=epoch, keys=term.keys.detach().clone())
+
+        term.train()
+        loss_value = train_epochs(cfg.epochs, epoch_batches, step, scheduler=scheduler, per_batch=True,
+                                  after_epoch=select_on_val if cfg.select == "val" else None,
+                                  report=(ctx.progress, self.name, 5))
+        best_epoch, best_keys = best["epoch"], best["keys"]
         if best_keys is not None:
             with torch.no_grad():
                 term.keys.copy_(best_keys)

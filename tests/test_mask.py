@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -138,6 +139,40 @@ def fit(ctx, **overrides):
     c = fresh(ctx)
     cfg = MaskTuning.make_config("fixture", 4, overrides)
     return c, MaskTuning(cfg).fit(c.clf, c)
+
+
+@pytest.fixture
+def lr_per_step():
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    seen: list[float] = []
+    handle = register_optimizer_step_pre_hook(lambda opt, args, kwargs: seen.append(opt.param_groups[0]["lr"]))
+    yield seen
+    handle.remove()
+
+
+def cosine(base: float, t: int, t_max: int) -> float:
+    return base * 0.5 * (1 + math.cos(math.pi * t / t_max))
+
+
+def test_schedule_cosine_per_epoch(ctx, lr_per_step):
+    # the paper: cosine over the epochs, one rate for all steps of an epoch
+    c = fresh(ctx)
+    per_epoch = len(c.split("train")) // 4
+    _, out = fit(ctx, lr=1e-3, epochs=3, batch_size=4)
+    assert per_epoch > 1 and out["steps"] == 3 * per_epoch
+    assert lr_per_step == pytest.approx([cosine(1e-3, e, 3) for e in range(3) for _ in range(per_epoch)],
+                                        rel=1e-12)
+
+
+def test_schedule_fixed_steps_cosine_per_step(ctx, lr_per_step):
+    # a fixed step count: cosine over those steps, stepped per step, training stops mid-epoch
+    c = fresh(ctx)
+    per_epoch = len(c.split("train")) // 4
+    steps = per_epoch + 1
+    _, out = fit(ctx, lr=1e-3, steps=steps, batch_size=4)
+    assert out["steps"] == steps
+    assert lr_per_step == pytest.approx([cosine(1e-3, k, steps) for k in range(steps)], rel=1e-12)
 
 
 def test_amt_trains(ctx):
