@@ -24,19 +24,7 @@ from bench.methods.linear_probe import LinearProbe, search_c
 from bench.methods.tip_adapter import CacheTerm, TipAdapter, TipAdapterF, grid, search_alpha_beta
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # The tiny model's ops are small; on a shared 2-core machine one thread is much faster.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    model, _, tokenizer = load_model("tiny", "none")
-    return model, tokenizer
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def fixture_context(root, stack: str, shots: int = 4, seed: int = 1):
