@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 
 from bench import BenchError
-from bench.models import load_model
 from bench.spec import TrialSpec
 from bench.trial import build_context, evaluate, seed_everything
 from bench.methods._training import batches, coop_epochs, warmup_cosine
