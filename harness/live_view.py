@@ -70,7 +70,9 @@ class RunProgress(Progress):
             plain_line = not self.redraws and (trial.printed is None or now - trial.printed >= self.plain_every_s)
             if plain_line:
                 trial.printed = now
-        if plain_line:
+        if self.redraws:
+            self.refresh()  # every message that reached the driver is drawn at least once
+        elif plain_line:
             self.console.print(f"trial {trial_id[:8]} {trial.label} on {trial.node or '?'}: {message}",
                                highlight=False, soft_wrap=True)
 

@@ -10,7 +10,7 @@ row and the run exits non-zero. Local paths in the specs are made absolute befor
 every node reads the same data and writes to the same results path.
 
 While a trial runs, the messages its method sends (``ctx.progress``) go to the trial's ``log.txt`` and, at
-most one every ``PROGRESS_EVERY_S`` seconds, through Tune's result channel to the driver's view; each such
+most one every ``$BENCH_PROGRESS_EVERY_S`` seconds (default 1; 0 sends them all), through Tune's result channel to the driver's view; each such
 report holds up the trial until the driver has taken it, hence the throttle. The trial's last result is
 marked ``final``.
 """
@@ -31,7 +31,7 @@ from .results import RowWriteError, RunFolder
 from .spec import TrialSpec
 
 MAX_RETRIES = 2  # restarts of a trial whose process or node died, before it is recorded as lost
-PROGRESS_EVERY_S = 1.0
+PROGRESS_EVERY_S = 1.0  # default of $BENCH_PROGRESS_EVERY_S
 
 _QUIET_ENV = {
     "RAY_CHDIR_TO_TRIAL_DIR": "0",  # keep the launch directory as the trials' cwd
@@ -43,7 +43,7 @@ _QUIET_ENV = {
 }
 
 
-def _trainable(config: dict[str, Any]) -> None:
+def _trainable(config: dict[str, Any], progress_every_s: float = PROGRESS_EVERY_S) -> None:
     import torch
     from ray import tune
 
@@ -51,7 +51,8 @@ def _trainable(config: dict[str, Any]) -> None:
 
     torch.set_num_threads(max(1, int(config["cpus"])))
     where = _this_node()
-    progress = ThrottledProgress(lambda message: tune.report({"final": False, "progress": message, **where}))
+    progress = ThrottledProgress(lambda message: tune.report({"final": False, "progress": message, **where}),
+                                 every_s=progress_every_s)
     progress("started")
     try:
         row = execute_trial(TrialSpec.from_dict(config["spec"]), progress=progress, where=where)
@@ -73,6 +74,18 @@ class ThrottledProgress:
         if self.last is None or now - self.last >= self.every_s:
             self.last = now
             self.send(message)
+
+
+def _progress_every_s() -> float:
+    value = os.environ.get("BENCH_PROGRESS_EVERY_S", str(PROGRESS_EVERY_S))
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:
+        raise BenchError(f"BENCH_PROGRESS_EVERY_S={value!r} is not a number of seconds; set it to e.g. 1 (0: every "
+                         "progress message)")
+    return seconds
 
 
 def _this_node() -> dict[str, str]:
@@ -157,7 +170,8 @@ def run_with_ray(specs: list[TrialSpec], *, address: str | None = None, cpus_per
 
         callback = ProgressCallback(bar, task, folder, counts)
         storage = Path(folder.root) / "tune" if folder.is_local else Path.home() / "ray_results" / "bench"
-        fn = tune.with_resources(_trainable, {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
+        fn = tune.with_resources(tune.with_parameters(_trainable, progress_every_s=_progress_every_s()),
+                                 {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
         from .stage_order import StageAwareSearcher
 
         tuner = tune.Tuner(
