@@ -1,4 +1,5 @@
-"""Ray Tune scheduling: one function trial per TrialSpec, one rich progress line in the terminal.
+"""Ray Tune scheduling: one function trial per TrialSpec; in the terminal the overall bar and the running
+trials with their latest progress message (harness.live_view).
 
 The trainable writes its own Parquet row (harness.execute), so results never depend on Tune's state;
 Tune's files live under ``<run>/tune`` for debugging only.
@@ -7,6 +8,11 @@ On a cluster a trial whose process or node dies (a lost worker node, an out-of-m
 rescheduled by Tune on any node with room, up to ``MAX_RETRIES`` times; after that it becomes an error
 row and the run exits non-zero. Local paths in the specs are made absolute before they are shipped, so
 every node reads the same data and writes to the same results path.
+
+While a trial runs, the messages its method sends (``ctx.progress``) go to the trial's ``log.txt`` and, at
+most one every ``$BENCH_PROGRESS_EVERY_S`` seconds (default 1; 0 sends them all), through Tune's result channel to the driver's view; each such
+report holds up the trial until the driver has taken it, hence the throttle. The trial's last result is
+marked ``final``.
 """
 from __future__ import annotations
 
@@ -18,14 +24,14 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-    TimeRemainingColumn
 
 from .errors import BenchError
+from .live_view import RunProgress
 from .results import RowWriteError, RunFolder
 from .spec import TrialSpec
 
 MAX_RETRIES = 2  # restarts of a trial whose process or node died, before it is recorded as lost
+PROGRESS_EVERY_S = 1.0  # default of $BENCH_PROGRESS_EVERY_S
 
 _QUIET_ENV = {
     "RAY_CHDIR_TO_TRIAL_DIR": "0",  # keep the launch directory as the trials' cwd
@@ -37,7 +43,7 @@ _QUIET_ENV = {
 }
 
 
-def _trainable(config: dict[str, Any]) -> None:
+def _trainable(config: dict[str, Any], progress_every_s: float = PROGRESS_EVERY_S) -> None:
     import torch
     from ray import tune
 
@@ -45,12 +51,41 @@ def _trainable(config: dict[str, Any]) -> None:
 
     torch.set_num_threads(max(1, int(config["cpus"])))
     where = _this_node()
+    progress = ThrottledProgress(lambda message: tune.report({"final": False, "progress": message, **where}),
+                                 every_s=progress_every_s)
+    progress("started")
     try:
-        row = execute_trial(TrialSpec.from_dict(config["spec"]), where=where)
+        row = execute_trial(TrialSpec.from_dict(config["spec"]), progress=progress, where=where)
     except RowWriteError as err:  # the driver records it: as an error row if it can reach the store itself
-        tune.report({"ok": False, "unsaved": str(err), **where})
+        tune.report({"final": True, "ok": False, "unsaved": str(err), **where})
         return
-    tune.report({"ok": row["status"] == "ok", "top1": row.get("top1") or float("nan"), **where})
+    tune.report({"final": True, "ok": row["status"] == "ok", "top1": row.get("top1") or float("nan"), **where})
+
+
+class ThrottledProgress:
+    """Passes a message on unless one went less than ``every_s`` seconds ago (the trial's log keeps all)."""
+
+    def __init__(self, send, every_s: float = PROGRESS_EVERY_S, clock=time.monotonic):
+        self.send, self.every_s, self.clock = send, every_s, clock
+        self.last: float | None = None
+
+    def __call__(self, message: str) -> None:
+        now = self.clock()
+        if self.last is None or now - self.last >= self.every_s:
+            self.last = now
+            self.send(message)
+
+
+def _progress_every_s() -> float:
+    value = os.environ.get("BENCH_PROGRESS_EVERY_S", str(PROGRESS_EVERY_S))
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:
+        raise BenchError(f"BENCH_PROGRESS_EVERY_S={value!r} is not a number of seconds; set it to e.g. 1 (0: every "
+                         "progress message)")
+    return seconds
 
 
 def _this_node() -> dict[str, str]:
@@ -128,16 +163,15 @@ def run_with_ray(specs: list[TrialSpec], *, address: str | None = None, cpus_per
     by_id = {s.trial_id: s for s in specs}
     counts = {"ok": 0, "error": 0, "lost": 0}
 
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[failed]} failed"), TimeElapsedColumn(), TextColumn("ETA"),
-                  TimeRemainingColumn(), console=console, transient=False) as bar:
+    with RunProgress(console) as bar:
         task = bar.add_task(f"run {folder.run}", total=len(specs), failed=0)
 
         from .tune_progress import ProgressCallback
 
         callback = ProgressCallback(bar, task, folder, counts)
         storage = Path(folder.root) / "tune" if folder.is_local else Path.home() / "ray_results" / "bench"
-        fn = tune.with_resources(_trainable, {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
+        fn = tune.with_resources(tune.with_parameters(_trainable, progress_every_s=_progress_every_s()),
+                                 {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
         from .stage_order import StageAwareSearcher
 
         tuner = tune.Tuner(

@@ -1,25 +1,39 @@
-"""The Tune callback behind `bench run`'s progress line (imported only once Ray's environment is set)."""
+"""The Tune callback behind `bench run`'s progress view (imported only once Ray's environment is set).
+
+A trial sends two kinds of results through Tune's channel: progress results (``final`` false, a
+``progress`` message) while it runs, and one final result (``final`` true) once its row is written.
+Only final results count towards the bar."""
 from __future__ import annotations
 
 import pyarrow.fs as pafs
 from ray import tune
 
 from .errors import BenchError
+from .live_view import RunProgress
 from .results import RowWriteError, RunFolder
 from .spec import TrialSpec
 
 
 class ProgressCallback(tune.Callback):
-    """Advances the rich progress bar; records trials whose worker died without writing a row, and rows the
-    driver cannot see (a store that refused them, or a --results path that is not shared by every node)."""
+    """Advances the progress bar and keeps its list of running trials; records trials whose worker died
+    without writing a row, and rows the driver cannot see (a store that refused them, or a --results path
+    that is not shared by every node)."""
 
-    def __init__(self, bar, task, folder: RunFolder, counts: dict[str, int]):
+    def __init__(self, bar: RunProgress, task, folder: RunFolder, counts: dict[str, int]):
         self.bar, self.task, self.folder, self.counts = bar, task, folder, counts
+        self._ids: dict[str, tuple[str, TrialSpec]] = {}  # Tune's trial id -> bench's id and spec
         self.unsaved: list[str] = []  # one-line reasons rows could not be stored anywhere
         self.unseen: list[str] = []  # trial ids reported ok whose row the driver does not find
 
     def __getstate__(self):  # Tune pickles its callbacks with the experiment state; ours are driver-only
         return {}
+
+    def _spec(self, trial) -> tuple[str, TrialSpec]:
+        """The trial's bench id and spec, worked out once (the id hashes the resolved settings)."""
+        if trial.trial_id not in self._ids:
+            spec = TrialSpec.from_dict(trial.config["spec"])
+            self._ids[trial.trial_id] = (spec.trial_id, spec)
+        return self._ids[trial.trial_id]
 
     def _advance(self, outcome: str) -> None:
         self.counts[outcome] += 1
@@ -27,23 +41,30 @@ class ProgressCallback(tune.Callback):
 
     def _record_error(self, trial, message: str, where: dict | None = None) -> None:
         """Write an error row from the driver, unless the trial's row is already there."""
-        spec = TrialSpec.from_dict(trial.config["spec"])
+        trial_id, spec = self._spec(trial)
         try:
-            if spec.trial_id not in self.folder.done_ids():
+            if trial_id not in self.folder.done_ids():
                 from .execute import error_row
 
                 self.folder.write_row(error_row(spec, message, where))
         except RowWriteError as err:
             self.unsaved.append(str(err))
 
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.bar.trial_started(*self._spec(trial))
+
     def on_trial_result(self, iteration, trials, trial, result, **info):
         where = {k: result[k] for k in ("node_id", "node_ip") if k in result}
+        trial_id, spec = self._spec(trial)
+        if not result.get("final"):
+            self.bar.trial_progress(trial_id, spec, str(result.get("progress", "")), where)
+            return
+        self.bar.trial_ended(trial_id)
         if result.get("unsaved"):
             self._record_error(trial, f"row not saved on node {where.get('node_ip', '?')}: {result['unsaved']}",
                                where)
             self._advance("error")
             return
-        trial_id = TrialSpec.from_dict(trial.config["spec"]).trial_id
         try:
             seen = self.folder.fs.get_file_info(f"{self.folder.trials}/{trial_id}.parquet").type == pafs.FileType.File
         except OSError:
@@ -52,14 +73,19 @@ class ProgressCallback(tune.Callback):
             self.unseen.append(trial_id)
         self._advance("ok" if result.get("ok") else "error")
 
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.bar.trial_ended(self._spec(trial)[0])
+
     def on_trial_recover(self, iteration, trials, trial, **info):
-        spec = TrialSpec.from_dict(trial.config["spec"])
-        self.bar.console.print(f"trial {spec.trial_id} ({spec.dataset}, {spec.shots}-shot, seed {spec.seed}, "
+        trial_id, spec = self._spec(trial)
+        self.bar.trial_ended(trial_id)  # back in the queue until Tune starts it again
+        self.bar.console.print(f"trial {trial_id} ({spec.dataset}, {spec.shots}-shot, seed {spec.seed}, "
                                f"{spec.stack}): {_what_happened(trial)}; rescheduled "
                                f"(attempt {trial.num_failures + 1} of {trial.max_failures + 1})", highlight=False,
                                soft_wrap=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        self.bar.trial_ended(self._spec(trial)[0])
         self._record_error(trial, f"{_what_happened(trial)} ({trial.num_failures} attempts); "
                                   "rerun with --retry-failed")
         self._advance("lost")
