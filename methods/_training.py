@@ -5,12 +5,29 @@ Not a plugin (no entry point); method modules import it instead of each other.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Callable, Iterable, Iterator
+from typing import Annotated, Callable, Iterable, Iterator
 
 import torch
 
 from bench import BenchError
+from bench.plugin import AtLeastOne, NonNegative, Positive, Range
+
+
+@dataclasses.dataclass
+class DasslSGDConfig:
+    """Dassl's SGD recipe that CoOp and CLIP-Adapter share: epochs by shots (set in ``defaults_for``), SGD
+    with momentum and weight decay, one warm-up epoch at a constant rate, RandomResizedCrop + flip."""
+
+    epochs: Annotated[int, AtLeastOne] = 200  # set by shots in defaults_for
+    batch_size: Annotated[int, AtLeastOne] = 32
+    lr: Annotated[float, Positive] = 0.002
+    momentum: Annotated[float, Range(0, 1)] = 0.9
+    weight_decay: Annotated[float, NonNegative] = 5e-4
+    warmup_epochs: Annotated[int, NonNegative] = 1
+    warmup_lr: Annotated[float, NonNegative] = 1e-5
+    crop_scale: Annotated[tuple[float, float], Range(0, 1, min_exclusive=True)] = (0.08, 1.0)
 
 # CoOp's epochs by shots (COOP.md; configs *_ep50, *_ep100, rn50/vit_b16); ImageNet always 50.
 COOP_EPOCHS = {1: 50, 2: 100, 4: 100, 8: 200, 16: 200}

@@ -34,23 +34,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench import BenchError, Method, Slot
-from bench.plugin import AtLeastOne, NonNegative, Positive, Range
+from bench.plugin import AtLeastOne, NonNegative, Range
 
-from ._training import coop_epochs, optimizer_step, train_epochs, train_feature_batches, warmup_cosine
+from ._training import DasslSGDConfig, coop_epochs, optimizer_step, train_epochs, train_feature_batches, warmup_cosine
 
 
 @dataclasses.dataclass
-class ClipAdapterConfig:
+class ClipAdapterConfig(DasslSGDConfig):
     reduction: Annotated[int, AtLeastOne] = 4  # bottleneck d -> d/reduction -> d
     ratio: Annotated[float, Range(0, 1)] = 0.2  # residual ratio alpha: f' = ratio * A(f) + (1 - ratio) * f
-    epochs: Annotated[int, AtLeastOne] = 200  # CoOp's epochs by shots (defaults_for)
-    batch_size: Annotated[int, AtLeastOne] = 32
-    lr: Annotated[float, Positive] = 0.002
-    momentum: Annotated[float, Range(0, 1)] = 0.9
-    weight_decay: Annotated[float, NonNegative] = 5e-4
-    warmup_epochs: Annotated[int, NonNegative] = 1
-    warmup_lr: Annotated[float, NonNegative] = 1e-5
-    crop_scale: Annotated[tuple[float, float], Range(0, 1, min_exclusive=True)] = (0.08, 1.0)
     feature_cache: bool = True  # train on cached encoder features of augmented views
     views: Annotated[int, NonNegative] = 0  # cached augmented passes; 0 = one per epoch (as many as the official loop)
 

@@ -60,29 +60,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench import BenchError, Method, Slot
-from bench.plugin import AtLeastOne, NonNegative, Positive, Range
+from bench.plugin import AtLeastOne, NonNegative
 
-from ._training import (amp_dtype, coop_epochs, optimizer_step, resolve_precision, train_epochs, train_feature_batches,
+from ._training import (DasslSGDConfig, amp_dtype, coop_epochs, optimizer_step, resolve_precision, train_epochs, train_feature_batches,
                         warmup_cosine)
 
 POSITIONS = ("end", "middle", "front")
 
 
 @dataclasses.dataclass
-class CoOpConfig:
+class CoOpConfig(DasslSGDConfig):
     n_ctx: Annotated[int, AtLeastOne] = 16  # number of context vectors (ignored when ctx_init gives words)
     ctx_init: str = ""  # e.g. "a photo of a": initialise the context from these words' embeddings
     csc: bool = False  # class-specific context (one context per class)
     class_token_position: Literal["end", "middle", "front"] = "end"
     init_std: Annotated[float, NonNegative] = 0.02
-    epochs: Annotated[int, AtLeastOne] = 200  # set by shots in defaults_for
-    batch_size: Annotated[int, AtLeastOne] = 32
-    lr: Annotated[float, Positive] = 0.002
-    momentum: Annotated[float, Range(0, 1)] = 0.9
-    weight_decay: Annotated[float, NonNegative] = 5e-4
-    warmup_epochs: Annotated[int, NonNegative] = 1
-    warmup_lr: Annotated[float, NonNegative] = 1e-5
-    crop_scale: Annotated[tuple[float, float], Range(0, 1, min_exclusive=True)] = (0.08, 1.0)
     precision: Literal["auto", "fp16", "fp32", "amp"] = "auto"  # auto: fp16 on cuda, fp32 on cpu
     truncate: bool = True  # run the text transformer only up to the last end token (same result)
     feature_views: Annotated[int, NonNegative] = 0  # 0: fresh augmentation through the encoder every epoch (CoOp); V: V cached views
