@@ -66,6 +66,10 @@ def run(
     infer_batch_size: int = typer.Option(100, help="Batch size of the inference-speed measurement."),
 ):
     """Run every trial (dataset x shots x seed x method stack) of a suite; finished trials are skipped."""
+    if address is None:  # a local Ray node starts (and its workers import torch) while the trials are planned
+        from .scheduler import start_local_ray
+
+        start_local_ray()
     from .cache import default_cache_dir
     from .plan import parse_int_list, parse_sets, plan_trials
     from .results import RunFolder
@@ -365,7 +369,25 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def entry() -> None:
-    sys.exit(main())
+    code = main()
+    if "ray" in sys.modules:  # only after `run`
+        exit_now(code)
+    sys.exit(code)
+
+
+def exit_now(code: int) -> None:
+    """End the process without the interpreter's teardown, which with torch and Ray loaded takes seconds
+    and does nothing for the results: every row is written and closed by now, and Ray is shut down first
+    (which stops a local node's processes)."""
+    import logging
+
+    import ray
+
+    ray.shutdown()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

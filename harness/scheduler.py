@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -115,9 +116,53 @@ def _prepare_env(address: str | None) -> None:
         os.environ["RAY_AUTH_MODE"] = "token"
 
 
+# Tune's trial actors (their own runtime env, in placement groups) never take the idle workers a local node
+# starts for the driver; not starting them leaves the CPUs to the driver's imports and the trials' workers.
+_LOCAL_NODE_CONFIG = {"prestart_worker_first_driver": False}
+
+_starting: dict[str, Any] = {}  # the background start of a local Ray node: its thread and its outcome
+
+
+def start_local_ray(num_cpus: float | None = None) -> None:
+    """Start the local Ray node in the background, while the driver imports and plans the trials.
+
+    Ray's start is mostly waiting on its own processes.
+    ``_init_ray`` waits for it. Safe to call more than once; nothing starts when a cluster is joined.
+    """
+    if _starting or os.environ.get("RAY_ADDRESS"):
+        return
+    _prepare_env(None)
+    ready = _starting["ready"] = threading.Event()
+
+    def start() -> None:
+        try:
+            _start_local(num_cpus)
+        except BaseException as err:  # re-raised on the main thread by _init_ray
+            _starting["error"] = err
+        finally:
+            ready.set()
+        # Ray's processes are started with a parent-death signal, which Linux sends when the *thread* that
+        # started them ends: this thread lives as long as the process (a daemon, so exit never waits on it).
+        threading.Event().wait()
+
+    threading.Thread(target=start, name="bench-ray-start", daemon=True).start()
+
+
+def _start_local(num_cpus: float | None) -> None:
+    import ray
+
+    ray.init(address="local", num_cpus=int(num_cpus or os.cpu_count() or 1), include_dashboard=False,
+             log_to_driver=False, logging_level="ERROR", object_store_memory=256 * 2**20,
+             _system_config=_LOCAL_NODE_CONFIG)
+
+
 def _init_ray(address: str | None, num_cpus: float | None) -> None:
     import ray
 
+    if "ready" in _starting and not address:
+        _starting["ready"].wait()
+        if "error" in _starting:
+            raise _starting["error"]
     if ray.is_initialized():
         return
     if address:
@@ -128,8 +173,7 @@ def _init_ray(address: str | None, num_cpus: float | None) -> None:
                              f"{str(err).splitlines()[0][:200]}); check the address, or that RAY_AUTH_MODE "
                              "matches the cluster's (token or disabled)") from None
     else:
-        ray.init(address="local", num_cpus=int(num_cpus or os.cpu_count() or 1), include_dashboard=False,
-                 log_to_driver=False, logging_level="ERROR", object_store_memory=256 * 2**20)
+        _start_local(num_cpus)
 
 
 class _DropTrialTaskFailures(logging.Filter):
