@@ -71,3 +71,16 @@ def test_augmented_passes_are_encoded_once_and_equal_fresh_ones(fixture_root, tm
     fresh, _ = counting_context(fixture_root, None)
     assert torch.allclose(fresh.features("train", fresh.train_transform((0.08, 1.0)), views=3), three, atol=1e-6)
     assert not torch.allclose(three[0], three[2])  # passes are independently augmented
+
+
+def test_test_features_are_shared_across_seeds_unless_the_weights_are_random(fixture_root):
+    from bench.trial import encoder_identity
+
+    def ids(pretrained):
+        return {encoder_identity(fingerprinted(TrialSpec(run="o", suite="t", dataset="fixture", shots=2, seed=s,
+                                                         stack="zeroshot", pretrained=pretrained,
+                                                         data_root=str(fixture_root))))
+                for s in (1, 2)}
+
+    assert len(ids("bundled")) == 1  # seeds pick other shots, but the encoder is the same weights
+    assert len(ids("none")) == 2  # random init is seeded: another seed, another encoder

@@ -70,12 +70,18 @@ def calls(clf, images) -> list[str]:
 
 
 def test_throughput_times_the_real_forward_without_the_warm_up_batch(ctx):
+    from bench import trial
+
+    trial._WARMED.clear()  # a fresh process
     counted = []
     clf = copy.deepcopy(ctx.clf)
     clf.register_forward_hook(lambda module, args, out: counted.append(len(args[0])))
     out = measure_throughput(with_classifier(ctx, clf), batch_size=8, max_images=12)
     assert out["infer_images"] == 12 and out["infer_batch_size"] == 8 and out["infer_images_per_s"] > 0
     assert counted == [8, 8, 4]  # warm-up batch, then 12 timed images
+    counted.clear()
+    again = measure_throughput(with_classifier(ctx, clf), batch_size=8, max_images=12)  # the next trial
+    assert counted == [8, 4] and again["infer_images"] == 12  # warm already: every forward is timed
     counted.clear()
     whole = measure_throughput(with_classifier(ctx, clf), batch_size=100)  # the split fits one batch
     assert whole["infer_images"] == len(ctx.split("test")) == counted[1] and len(counted) == 2
