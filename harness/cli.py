@@ -370,23 +370,25 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 def entry() -> None:
     code = main()
-    if "ray" in sys.modules:  # only after `run`
+    if "bench.scheduler" in sys.modules:  # after `run`: Ray and torch are loaded
         exit_now(code)
     sys.exit(code)
 
 
 def exit_now(code: int) -> None:
     """End the process without the interpreter's teardown, which with torch and Ray loaded takes seconds
-    and does nothing for the results: every row is written and closed by now, and Ray is shut down first
-    (which stops a local node's processes)."""
+    and does nothing for the results: every row is written and closed by now, and Ray is stopped first."""
     import logging
 
-    import ray
+    from .scheduler import stop_ray
 
-    ray.shutdown()
+    stop_ray()
     logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except OSError:  # e.g. a pipe its reader closed
+            pass
     os._exit(code)
 
 

@@ -148,6 +148,17 @@ def start_local_ray(num_cpus: float | None = None) -> None:
     threading.Thread(target=start, name="bench-ray-start", daemon=True).start()
 
 
+def stop_ray() -> None:
+    """Stop the local node this process started (waiting for a start still under way: a user mistake can end
+    the run while Ray is starting), or leave the cluster it joined."""
+    import ray
+
+    if "ready" in _starting:
+        _starting["ready"].wait()
+    if ray.is_initialized():
+        ray.shutdown()
+
+
 def _start_local(num_cpus: float | None) -> None:
     import ray
 

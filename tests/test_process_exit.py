@@ -1,0 +1,58 @@
+"""The `bench` command ends its process without the interpreter's teardown: nothing of Ray may outlive it,
+and every row must be on disk, also when a mistake ends the run while the local Ray node is still starting."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+
+def bench(args: list[str], ray_tmp: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bench.cli", *args], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "RAY_TMPDIR": ray_tmp, "PYTHONWARNINGS": "ignore"})
+
+
+def processes_of(ray_tmp: str) -> list[str]:
+    """Command lines of live processes that belong to the Ray node kept under ``ray_tmp``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = next(line for line in (proc / "status").read_text().splitlines() if line.startswith("State:"))
+        except (OSError, StopIteration):
+            continue
+        if ray_tmp in cmdline and "zombie" not in state:
+            found.append(cmdline[:120])
+    return found
+
+
+def no_processes_left(ray_tmp: str, within_s: float = 10.0) -> list[str]:
+    deadline = time.monotonic() + within_s
+    while (left := processes_of(ray_tmp)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return left
+
+
+def test_a_mistake_and_a_finished_run_leave_no_ray_process_behind(tmp_path):
+    ray_tmp = tempfile.mkdtemp(prefix="br", dir="/tmp")  # short: Ray's socket paths live under it
+    try:
+        mistake = bench(["run", "--methods", "zeroshot+", "--results", str(tmp_path)], ray_tmp)
+        assert mistake.returncode == 2, mistake.stderr[-2000:]
+        assert "Traceback" not in mistake.stderr and "error:" in mistake.stderr
+        assert not no_processes_left(ray_tmp)
+
+        done = bench(["run", "--methods", "zeroshot", "--datasets", "syn_colour", "--seeds", "1", "--no-cache",
+                      "--infer-images", "0", "--results", str(tmp_path), "--run", "exit"], ray_tmp)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "1 of 1 trials ok" in done.stderr
+        rows = pd.read_parquet(tmp_path / "exit" / "trials")
+        assert list(rows.status) == ["ok"] and rows.top1.notna().all()
+        assert not no_processes_left(ray_tmp)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
