@@ -1,5 +1,6 @@
-"""The `bench` command ends its process without the interpreter's teardown: nothing of Ray may outlive it,
-and every row must be on disk, also when a mistake ends the run while the local Ray node is still starting."""
+"""What `bench run` does around its trials: it plans without open_clip for the bundled model (the workers
+import it), and it ends its process without the interpreter's teardown, where nothing of Ray may outlive it and
+every row must be on disk, also when a mistake ends the run while the local Ray node is still starting."""
 from __future__ import annotations
 
 import os
@@ -56,3 +57,12 @@ def test_a_mistake_and_a_finished_run_leave_no_ray_process_behind(tmp_path):
         assert not no_processes_left(ray_tmp)
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def test_the_driver_plans_the_bundled_model_without_importing_open_clip(tmp_path):
+    code = ("import sys; from bench.suite import load_suite; from bench.plan import plan_trials; "
+            f"specs = plan_trials(load_suite('synthetic'), run='p', results={str(tmp_path)!r}, "
+            "datasets=['syn_colour'], seeds=[1]); "
+            "assert specs and 'open_clip' not in sys.modules, sorted(m for m in sys.modules if 'clip' in m)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
