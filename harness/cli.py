@@ -66,7 +66,7 @@ def run(
     infer_batch_size: int = typer.Option(100, help="Batch size of the inference-speed measurement."),
 ):
     """Run every trial (dataset x shots x seed x method stack) of a suite; finished trials are skipped."""
-    if address is None:  # a local Ray node starts (and its workers import torch) while the trials are planned
+    if address is None:  # a local Ray node starts while the trials are planned
         from .scheduler import start_local_ray
 
         start_local_ray()

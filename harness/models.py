@@ -64,8 +64,8 @@ def default_pretrained(model: str) -> str | None:
 def _checked(model: str, pretrained: str | None) -> tuple[str, str | None]:
     """Resolve (model, pretrained) and check the name and, for a path, that the file exists."""
     name, weights = resolve(model, pretrained)
-    if (name, weights) == ("tiny", str(TINY_WEIGHTS)):  # bench's own: nothing to look up (the driver plans
-        return name, weights                            # without importing open_clip)
+    if (name, weights) == ("tiny", str(TINY_WEIGHTS)):  # bench's own: nothing to look up, so planning
+        return name, weights                            # needs no open_clip
     import open_clip
 
     register_tiny()
@@ -151,7 +151,7 @@ _LOADED: dict = {}
 
 
 def _is_tag(name: str, weights: str) -> bool:
-    if weights == str(TINY_WEIGHTS):
+    if name == "tiny":  # bench's own model has no open_clip tags
         return False
     import open_clip
 

@@ -120,32 +120,46 @@ def _prepare_env(address: str | None) -> None:
 # starts for the driver; not starting them leaves the CPUs to the driver's imports and the trials' workers.
 _LOCAL_NODE_CONFIG = {"prestart_worker_first_driver": False}
 
-_starting: dict[str, Any] = {}  # the background start of a local Ray node: its thread and its outcome
+
+class _LocalStart:
+    """The background start of this process's local Ray node: begun by ``start_local_ray``, awaited by
+    ``_init_ray`` (which re-raises its failure) and by ``stop_ray``."""
+
+    def __init__(self):
+        self.ready: threading.Event | None = None  # None: no background start was begun
+        self.error: BaseException | None = None
+
+    def begin(self) -> None:
+        self.ready = threading.Event()
+
+        def start() -> None:
+            try:
+                _start_local()
+            except BaseException as err:
+                self.error = err
+            finally:
+                self.ready.set()
+            # Ray's processes are started with a parent-death signal, which Linux sends when the *thread* that
+            # started them ends: this thread lives as long as the process (a daemon, so exit never waits on it).
+            threading.Event().wait()
+
+        threading.Thread(target=start, name="bench-ray-start", daemon=True).start()
+
+    def wait(self) -> None:
+        if self.ready is not None:
+            self.ready.wait()
 
 
-def start_local_ray(num_cpus: float | None = None) -> None:
-    """Start the local Ray node in the background, while the driver imports and plans the trials.
+_local_start = _LocalStart()
 
-    Ray's start is mostly waiting on its own processes.
-    ``_init_ray`` waits for it. Safe to call more than once; nothing starts when a cluster is joined.
-    """
-    if _starting or os.environ.get("RAY_ADDRESS"):
-        return
-    _prepare_env(None)
-    ready = _starting["ready"] = threading.Event()
 
-    def start() -> None:
-        try:
-            _start_local(num_cpus)
-        except BaseException as err:  # re-raised on the main thread by _init_ray
-            _starting["error"] = err
-        finally:
-            ready.set()
-        # Ray's processes are started with a parent-death signal, which Linux sends when the *thread* that
-        # started them ends: this thread lives as long as the process (a daemon, so exit never waits on it).
-        threading.Event().wait()
-
-    threading.Thread(target=start, name="bench-ray-start", daemon=True).start()
+def start_local_ray() -> None:
+    """Start the local Ray node in the background, while the driver imports and plans the trials (Ray's
+    start is mostly waiting on its own processes). Safe to call more than once; nothing starts when a
+    cluster is joined."""
+    if _local_start.ready is None and not os.environ.get("RAY_ADDRESS"):
+        _prepare_env(None)
+        _local_start.begin()
 
 
 def stop_ray() -> None:
@@ -153,27 +167,25 @@ def stop_ray() -> None:
     the run while Ray is starting), or leave the cluster it joined."""
     import ray
 
-    if "ready" in _starting:
-        _starting["ready"].wait()
+    _local_start.wait()
     if ray.is_initialized():
         ray.shutdown()
 
 
-def _start_local(num_cpus: float | None) -> None:
+def _start_local() -> None:
     import ray
 
-    ray.init(address="local", num_cpus=int(num_cpus or os.cpu_count() or 1), include_dashboard=False,
-             log_to_driver=False, logging_level="ERROR", object_store_memory=256 * 2**20,
-             _system_config=_LOCAL_NODE_CONFIG)
+    ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False,
+             logging_level="ERROR", object_store_memory=256 * 2**20, _system_config=_LOCAL_NODE_CONFIG)
 
 
-def _init_ray(address: str | None, num_cpus: float | None) -> None:
+def _init_ray(address: str | None) -> None:
     import ray
 
-    if "ready" in _starting and not address:
-        _starting["ready"].wait()
-        if "error" in _starting:
-            raise _starting["error"]
+    if not address:
+        _local_start.wait()
+        if _local_start.error is not None:
+            raise _local_start.error
     if ray.is_initialized():
         return
     if address:
@@ -184,7 +196,7 @@ def _init_ray(address: str | None, num_cpus: float | None) -> None:
                              f"{str(err).splitlines()[0][:200]}); check the address, or that RAY_AUTH_MODE "
                              "matches the cluster's (token or disabled)") from None
     else:
-        _start_local(num_cpus)
+        _start_local()
 
 
 class _DropTrialTaskFailures(logging.Filter):
@@ -211,7 +223,7 @@ def run_with_ray(specs: list[TrialSpec], *, address: str | None = None, cpus_per
         return {"ok": 0, "error": 0, "lost": 0}
     specs = [_absolute_paths(s) for s in specs]
     folder = RunFolder(specs[0].results, specs[0].run)
-    _init_ray(address, None)
+    _init_ray(address)
     tune_log = logging.getLogger("ray.tune.execution.tune_controller")
     if not any(isinstance(f, _DropTrialTaskFailures) for f in tune_log.filters):
         tune_log.addFilter(_DropTrialTaskFailures())

@@ -127,7 +127,8 @@ def measure_throughput(ctx: TrialContext, batch_size: int = 100, max_images: int
     slot -> logits) over ``split`` (its first ``max_images``), the feature cache bypassed.
 
     The process's first measurement warms up on one batch (kernels, allocator), not counted; decoding and
-    moving images to the device are not timed either, only the forward passes. Returns the row's ``infer_*`` columns."""
+    moving images to the device are not timed either, only the forward passes. Returns the row's ``infer_*``
+    columns."""
     items = ctx.split(split)
     n = len(items) if max_images is None else min(len(items), max_images)
     if n == 0:
