@@ -40,7 +40,7 @@ def no_processes_left(ray_tmp: str, within_s: float = 10.0) -> list[str]:
     return left
 
 
-def test_a_mistake_and_a_finished_run_leave_no_ray_process_behind(tmp_path):
+def test_a_mistake_and_a_finished_run_leave_no_ray_process_behind_and_a_done_run_starts_none(tmp_path):
     ray_tmp = tempfile.mkdtemp(prefix="br", dir="/tmp")  # short: Ray's socket paths live under it
     try:
         mistake = bench(["run", "--methods", "zeroshot+", "--results", str(tmp_path)], ray_tmp)
@@ -55,6 +55,13 @@ def test_a_mistake_and_a_finished_run_leave_no_ray_process_behind(tmp_path):
         rows = pd.read_parquet(tmp_path / "exit" / "trials")
         assert list(rows.status) == ["ok"] and rows.top1.notna().all()
         assert not no_processes_left(ray_tmp)
+
+        sessions = sorted(Path(ray_tmp).glob("ray/session_2*"))
+        assert len(sessions) == 2  # the mistake's start and the run's
+        again = bench(["run", "--methods", "zeroshot", "--datasets", "syn_colour", "--seeds", "1", "--no-cache",
+                       "--infer-images", "0", "--results", str(tmp_path), "--run", "exit"], ray_tmp)
+        assert again.returncode == 0 and "1 already done" in again.stderr, again.stderr[-2000:]
+        assert sorted(Path(ray_tmp).glob("ray/session_2*")) == sessions  # nothing left to do: no Ray node started
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
