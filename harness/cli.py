@@ -62,7 +62,7 @@ def run(
     no_cache: bool = typer.Option(False, "--no-cache", help="Compute every feature and stage afresh."),
     report_after: bool = typer.Option(True, "--report/--no-report", help="Print the report at the end."),
     infer_images: Optional[int] = typer.Option(None, help="Test images timed for the inference-speed columns; "
-                                               "0 turns the measurement off [default: all on cuda, 256 on cpu]."),
+                                               "0 turns the measurement off [default: all on cuda, 100 on cpu]."),
     infer_batch_size: int = typer.Option(100, help="Batch size of the inference-speed measurement."),
 ):
     """Run every trial (dataset x shots x seed x method stack) of a suite; finished trials are skipped."""

@@ -10,6 +10,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from bench.methods._masking import apply_masks, masked_forward, select_masked
+from bench.plan import CPU_INFER_IMAGES
 from bench.spec import TrialSpec
 from bench.trial import build_context, measure_throughput
 
@@ -119,7 +120,7 @@ def test_every_stack_records_its_throughput_and_the_option_turns_it_off(tmp_path
     suite = Suite(name="t", description="", datasets=["fixture"], shots=[2], seeds=[1], methods=stacks,
                   pretrained="none", device="cpu", set=fast)
     specs = plan_trials(suite, run="s", results=str(tmp_path), data_root=str(fixture_root))
-    assert {s.infer_images for s in specs} == {256}  # cpu default: a prefix of the test split
+    assert {s.infer_images for s in specs} == {CPU_INFER_IMAGES}  # cpu default: a prefix of the test split
     off = plan_trials(suite, run="s", results=str(tmp_path), data_root=str(fixture_root), infer_images=0)
     assert [s.trial_id for s in off] == [s.trial_id for s in specs]  # the measurement changes no result
     RunFolder(tmp_path, "s").ensure()
