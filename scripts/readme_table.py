@@ -5,7 +5,7 @@ Runs `bench run` (the synthetic suite, exactly as a new user does) with an empty
 folder, then writes the markdown report between the README's ``default-table`` markers, with the wall
 time and the mask sparsity range. Nothing in that block is typed by hand.
 
-    python scripts/readme_table.py            # about 7 minutes on 2 CPU cores
+    python scripts/readme_table.py            # about 4 minutes on 2 CPU cores
 """
 from __future__ import annotations
 
