@@ -66,19 +66,19 @@ def run(
     infer_batch_size: int = typer.Option(100, help="Batch size of the inference-speed measurement."),
 ):
     """Run every trial (dataset x shots x seed x method stack) of a suite; finished trials are skipped."""
-    from .cache import default_cache_dir
-    from .plan import parse_int_list, parse_sets, plan_trials
     from .results import RunFolder
     from .suite import load_suite
 
     spec_suite = load_suite(suite)
     run_name = run_name or spec_suite.name
     if address is None and not RunFolder(results, run_name).exists():
-        # A new run: its local Ray node starts while the trials are planned. A run resumed may have nothing
-        # left to do; Ray starts there only once the plan says so.
+        # A new run: its local Ray node starts while torch is imported and the trials are planned. A run
+        # resumed may have nothing left to do; Ray starts there only once the plan says so.
         from .scheduler import start_local_ray
 
         start_local_ray()
+    from .cache import default_cache_dir  # these import torch: after the start above
+    from .plan import parse_int_list, parse_sets, plan_trials
     specs = plan_trials(
         spec_suite, run=run_name, results=results, methods=_split(methods), datasets=_split(datasets),
         shots=parse_int_list(shots, "shots") if shots else None,

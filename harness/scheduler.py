@@ -169,7 +169,19 @@ def stop_ray() -> None:
 
     _local_start.wait()
     if ray.is_initialized():
+        _kill_local_monitor()
         ray.shutdown()
+
+
+def _kill_local_monitor() -> None:
+    """Ray's shutdown stops the GCS before the autoscaler's monitor, whose SIGTERM handler then waits on the
+    GCS until it is killed a second later; a node this process started has nothing to autoscale, so its
+    monitor is killed first (1.3 s -> 0.4 s of shutdown). Nothing happens on a cluster joined."""
+    import ray
+
+    node = getattr(ray._private.worker, "_global_node", None)  # None on a joined cluster's driver
+    if node is not None and node.is_head() and hasattr(node, "kill_monitor"):
+        node.kill_monitor(check_alive=False)
 
 
 def _start_local() -> None:

@@ -1,5 +1,5 @@
-"""What `bench run` does around its trials: it plans without open_clip for the bundled model (the workers
-import it), and it ends its process without the interpreter's teardown, where nothing of Ray may outlive it and
+"""What `bench run` does around its trials: a new run starts its local Ray node before it imports torch, it
+plans without open_clip for the bundled model (the workers import it), and it ends its process without the interpreter's teardown, where nothing of Ray may outlive it and
 every row must be on disk, also when a mistake ends the run while the local Ray node is still starting."""
 from __future__ import annotations
 
@@ -71,5 +71,17 @@ def test_the_driver_plans_the_bundled_model_without_importing_open_clip(tmp_path
             f"specs = plan_trials(load_suite('synthetic'), run='p', results={str(tmp_path)!r}, "
             "datasets=['syn_colour'], seeds=[1]); "
             "assert specs and 'open_clip' not in sys.modules, sorted(m for m in sys.modules if 'clip' in m)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_a_new_run_starts_its_ray_node_before_it_imports_torch(tmp_path):
+    """The node's start (~3 s, mostly waiting on its processes) overlaps the driver's torch import and planning;
+    the bad stack ends the run in planning, after the start was asked for."""
+    code = ("import sys, bench.scheduler as s; seen = []; "
+            "s.start_local_ray = lambda: seen.append('torch' in sys.modules); "
+            "from bench.cli import main; "
+            f"code = main(['run', '--methods', 'zeroshot+', '--results', {str(tmp_path)!r}]); "
+            "assert code == 2 and seen == [False], (code, seen)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
