@@ -17,6 +17,7 @@ marked ``final``.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import logging
 import os
 import threading
@@ -159,6 +160,7 @@ def start_local_ray() -> None:
     cluster is joined."""
     if _local_start.ready is None and not os.environ.get("RAY_ADDRESS"):
         _prepare_env(None)
+        importlib.import_module("ray")  # here: in the thread it would share the GIL with the torch import
         _local_start.begin()
 
 
