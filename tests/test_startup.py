@@ -1,6 +1,7 @@
 """What `bench run` does around its trials: a new run starts its local Ray node before it imports torch, it
-plans without open_clip for the bundled model (the workers import it), and it ends its process without the interpreter's teardown, where nothing of Ray may outlive it and
-every row must be on disk, also when a mistake ends the run while the local Ray node is still starting."""
+plans without open_clip for the bundled model (the workers import it), and it ends its process without the
+interpreter's teardown, where nothing of Ray may outlive it and every row must be on disk, also when a mistake
+ends the run while the local Ray node is still starting."""
 from __future__ import annotations
 
 import os
