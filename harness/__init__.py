@@ -9,6 +9,6 @@ if not _os.environ.get("BENCH_ONLINE"):
     _os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from .errors import BenchError  # noqa: E402
-from .plugin import Method, Slot  # noqa: E402
+from .plugin import Method, Part  # noqa: E402
 
-__all__ = ["BenchError", "Method", "Slot", "__version__"]
+__all__ = ["BenchError", "Method", "Part", "__version__"]

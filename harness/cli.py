@@ -289,13 +289,13 @@ def list_(what: Kind = typer.Argument(..., help="methods, suites, datasets or mo
             from .suite import load_suite
 
             load_suite(suite)
-        table = Table("method", "part it changes", "description", "hyper-parameters (defaults)", "trains")
+        table = Table("method", "parts it changes", "description", "hyper-parameters (defaults)", "trains")
         for name, m in sorted(methods().items()):
             params = ", ".join(f"{f.name}={_default(f)}" for f in dataclasses.fields(m.Config))
             if m.variant_of:
                 params = "as " + m.variant_of + ", but " + ", ".join(
                     f"{k}={_shown(v)}" for k, v in m.variant_settings.items())
-            table.add_row(name, m.slot.name.lower() if m.slot is not None else "-", m.description, params or "-",
+            table.add_row(name, ", ".join(p.label for p in sorted(m.changes)) or "-", m.description, params or "-",
                           m.trains or "-")
         for name, why in broken_plugins().items():
             table.add_row(name, "-", f"[red]failed to load: {why}[/]", "-", "-")

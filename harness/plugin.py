@@ -1,7 +1,7 @@
 """The contract every method plugin fulfils.
 
 A plugin is a subclass of :class:`Method` exposed through the ``bench.methods`` entry-point group.
-It declares the part of the classifier it changes (its :class:`Slot`), its hyper-parameters as a
+It declares the parts of the classifier it changes (a set of :class:`Part`), its hyper-parameters as a
 dataclass, and a ``fit`` that trains and installs itself into a :class:`~bench.classifier.ClipClassifier`.
 """
 from __future__ import annotations
@@ -17,13 +17,29 @@ from typing import Any, ClassVar
 from .errors import BenchError
 
 
-class Slot(enum.IntEnum):
-    """Parts of the classifier, in pipeline order: a stack is applied (and trained) in this order."""
+class Part(enum.IntEnum):
+    """Parts of the classifier a method can change, in training order.
 
-    ENCODER = 0  # the image encoder's weights (e.g. mask tuning)
-    ADAPTER = 1  # a module on image features (e.g. CLIP-Adapter)
-    HEAD = 2  # the classifier head that turns features into logits (e.g. CoOp, linear probe)
-    LOGIT_TERM = 3  # an extra term added to the logits (e.g. Tip-Adapter's cache)
+    A stack is valid when its methods change disjoint parts; it is trained in this order (the first part a
+    method changes decides its place): weights are learned and baked first, then tokens, prompt, adapter,
+    head and logit term, as the paper stacks R-AMT under other methods."""
+
+    IMAGE_WEIGHTS = 0  # which image-encoder weights are kept, baked in place (mask)
+    IMAGE_DELTAS = 1  # modules added to the image encoder's weights (LoRA)
+    TEXT_WEIGHTS = 2  # the text encoder's weights, or modules added to them (LoRA)
+    IMAGE_TOKENS = 3  # learned tokens in the image encoder's input sequence (VPT, UPT)
+    TEXT_PROMPT = 4  # the words fed to the text encoder: learned context (CoOp, ProGrad, CoCoOp, UPT)
+    ADAPTER = 5  # a module on image features (CLIP-Adapter)
+    HEAD = 6  # the classifier head that turns features into logits (CoOp's prompt head, linear probe)
+    LOGIT_TERM = 7  # an extra term added to the logits (Tip-Adapter's cache)
+
+    @property
+    def label(self) -> str:
+        return self.name.lower().replace("_", " ")
+
+
+# Parts whose change alters the image features (so features encoded before the change are stale).
+IMAGE_FEATURE_PARTS = frozenset({Part.IMAGE_WEIGHTS, Part.IMAGE_DELTAS, Part.IMAGE_TOKENS})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,7 +76,7 @@ class Method:
 
     name: ClassVar[str]
     description: ClassVar[str]
-    slot: ClassVar[Slot | None] = None  # None: changes nothing (the zero-shot reference row)
+    changes: ClassVar[frozenset[Part]] = frozenset()  # empty: changes nothing (the zero-shot reference row)
     Config: ClassVar[type] = NoConfig
     version: ClassVar[str] = "1"  # bump when a change alters results: it is part of the trial id
     trains: ClassVar[str] = ""  # one line: what is trained and how (shown by `bench list methods`)

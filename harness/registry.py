@@ -2,7 +2,7 @@
 named variants: a method under its own name with settings of its own (``amt`` = ``mask`` with
 ``gdr=false``).
 
-A variant is a subclass of its base made here, so stacking, slots, export/restore, ``--set amt.lr=...``
+A variant is a subclass of its base made here, so stacking, parts, export/restore, ``--set amt.lr=...``
 and a row's ``stack`` and ``settings`` follow without special cases: its config defaults are the base's
 with the variant's settings on top, and its version is the base's plus those settings (part of the trial
 id). Built-in variants are data on the plugins (``Method.variants``); suite files add theirs in a
@@ -18,7 +18,7 @@ from importlib.metadata import entry_points
 from typing import Iterable
 
 from .errors import BenchError
-from .plugin import Method, Slot
+from .plugin import Method, Part
 
 GROUP = "bench.methods"
 _STACK_PART = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -192,34 +192,37 @@ def _variant_class(name: str) -> type[Method]:
 
 
 def parse_stack(stack: str) -> list[type[Method]]:
-    """Parse ``a+b`` into plugin classes in pipeline order, checking that the slots are compatible."""
+    """Parse ``a+b`` into plugin classes in pipeline order, checking that they change disjoint parts."""
     parts = stack.strip().split("+")
     if not stack.strip() or any(not _STACK_PART.match(p) for p in parts):
         raise BenchError(f"malformed method stack '{stack}': join method names with '+', e.g. 'coop+mask'")
     if len(set(parts)) != len(parts):
         raise BenchError(f"method stack '{stack}' names a method twice; name each method once")
     plugins = [get_method(p) for p in parts]
-    claimed: dict[object, str] = {}
-    for plugin in plugins:
-        if plugin.slot is None:
-            continue
-        if plugin.slot in claimed:
-            raise BenchError(
-                f"methods '{claimed[plugin.slot]}' and '{plugin.name}' in stack '{stack}' both change the "
-                f"{plugin.slot.name.lower().replace('_', ' ')}; stack methods that change different parts")
-        claimed[plugin.slot] = plugin.name
-    if len(plugins) > 1 and any(p.slot is None for p in plugins):
-        ref = next(p.name for p in plugins if p.slot is None)
+    for i, a in enumerate(plugins):
+        for b in plugins[i + 1:]:
+            shared = sorted(a.changes & b.changes)
+            if shared:
+                raise BenchError(
+                    f"methods '{a.name}' and '{b.name}' in stack '{stack}' both change the "
+                    f"{' and '.join(p.label for p in shared)}; stack methods that change different parts")
+    if len(plugins) > 1 and any(not p.changes for p in plugins):
+        ref = next(p.name for p in plugins if not p.changes)
         raise BenchError(f"'{ref}' is a reference row and cannot be stacked; run it on its own")
-    return sorted(plugins, key=lambda p: p.slot)  # stable: pipeline order, encoder first
+    return sorted(plugins, key=training_position)  # stable: training order, baked weights first
+
+
+def training_position(plugin: type[Method]) -> int:
+    """Where a method trains in a stack: at the first part it changes."""
+    return min(plugin.changes, default=-1)
 
 
 def canonical_stack(stack: str) -> str:
-    """The one spelling of a stack that rows carry: pipeline order, an encoder method last
-    (``mask+tip_adapter_f`` -> ``tip_adapter_f+mask``, as the papers write "X+R-AMT")."""
+    """The one spelling of a stack that rows carry: training order, but a method that bakes image-encoder
+    weights last (``mask+tip_adapter_f`` -> ``tip_adapter_f+mask``, as the papers write "X+R-AMT")."""
     plugins = parse_stack(stack)
-    return "+".join(p.name for p in sorted(plugins, key=lambda p: (p.slot == Slot.ENCODER, p.slot or 0)))
-
+    return "+".join(p.name for p in sorted(
+        plugins, key=lambda p: (Part.IMAGE_WEIGHTS in p.changes, training_position(p))))
 
 
 def define_recorded_variants(recorded) -> None:

@@ -263,7 +263,7 @@ def protocol_tables(rows: pd.DataFrame, shots: int | None = None, metric: str = 
 def _shots_free(stack: str) -> bool:
     """A stack of methods that change nothing (zero-shot) gives the same number at every K."""
     plugins = [_plugin(p) for p in stack.split("+")]
-    return all(p is not None and p.slot is None for p in plugins)
+    return all(p is not None and not p.changes for p in plugins)
 
 
 @dataclasses.dataclass

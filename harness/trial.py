@@ -23,7 +23,7 @@ from .data.catalog import get_dataset
 from .errors import BenchError
 from .fingerprint import fingerprinted, read_trial_data
 from .models import load_model
-from .plugin import Slot, config_dict
+from .plugin import IMAGE_FEATURE_PARTS, config_dict
 from .protocols import get_protocol
 from .spec import TrialSpec
 
@@ -201,7 +201,7 @@ def run_trial(spec: TrialSpec, progress: Callable[[str], None] = lambda m: None,
             if key in plugin.row_fields:
                 row[key] = out.pop(key)
         row["extras"].update({f"{plugin.name}.{k}": v for k, v in out.items()})
-        if plugin.slot == Slot.ENCODER:
+        if plugin.changes & IMAGE_FEATURE_PARTS:
             ctx.encoder_id = module_fingerprint(ctx.clf.model.visual)
     fit_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench import BenchError, Method, Slot
+from bench import BenchError, Method, Part
 from bench.plugin import AtLeastOne, NonNegative, Range
 
 from ._training import DasslSGDConfig, coop_epochs, optimizer_step, train_epochs, train_feature_batches, warmup_cosine
@@ -73,7 +73,7 @@ class ClipAdapter(Method):
     name = "clip_adapter"
     description = "CLIP-Adapter: residual bottleneck MLP on image features (Gao et al., IJCV 2024)"
     trains = "visual adapter d->d/4->d (ratio 0.2), CoOp's SGD recipe on cached augmented features, last epoch"
-    slot = Slot.ADAPTER
+    changes = frozenset({Part.ADAPTER})
     Config = ClipAdapterConfig
     version = "1"
 

@@ -59,7 +59,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench import BenchError, Method, Slot
+from bench import BenchError, Method, Part
 from bench.plugin import AtLeastOne, NonNegative
 
 from ._training import (DasslSGDConfig, amp_dtype, coop_epochs, optimizer_step, resolve_precision, train_epochs, train_feature_batches,
@@ -317,7 +317,7 @@ class CoOp(Method):
     name = "coop"
     description = "CoOp: learned prompt context vectors replace the hand-written prompt (Zhou et al., IJCV 2022)"
     trains = "16 context vectors of the text prompt, SGD with warm-up + cosine, last epoch kept"
-    slot = Slot.HEAD
+    changes = frozenset({Part.TEXT_PROMPT, Part.HEAD})
     Config = CoOpConfig
     version = "2"  # 2: the shared-prefix text path by default
 

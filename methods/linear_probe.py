@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench import BenchError, Method, Slot
+from bench import BenchError, Method, Part
 from bench.plugin import AtLeastOne, NonNegative, Positive
 
 
@@ -108,7 +108,7 @@ class LinearProbe(Method):
     name = "linear_probe"
     description = "Linear probe: logistic regression on frozen image features (CoOp lpclip protocol)"
     trains = "a linear classifier (sklearn lbfgs, L2), C searched on the few-shot val split"
-    slot = Slot.HEAD
+    changes = frozenset({Part.HEAD})
     Config = LinearProbeConfig
     version = "1"
     transfers_to_new_classes = False  # one weight vector per training class

@@ -48,7 +48,7 @@ from typing import Annotated, Callable, Literal, Mapping, Optional
 import torch
 import torch.nn.functional as F
 
-from bench import Method, Slot
+from bench import Method, Part
 from bench.plugin import AtLeastOne, NonNegative, Positive, Range
 from bench.classifier import ZeroShotHead
 
@@ -126,7 +126,7 @@ class MaskTuning(Method):
                    "(GDR-regularised); in a stack the masks are learned first on the zero-shot head, baked "
                    "into the encoder, then the other method is fitted on the masked encoder")
     trains = "one real score per masked weight (hard threshold, straight-through), Adam, cosine"
-    slot = Slot.ENCODER
+    changes = frozenset({Part.IMAGE_WEIGHTS})
     version = "1"
     stacked_gain = True  # "X+mask vs X": what R-AMT adds on top of a method
     row_fields = ("mask_sparsity", "mask_sparsity_encoder")

@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench import BenchError, Method, Slot
+from bench import BenchError, Method, Part
 from bench.plugin import AtLeastOne, NonNegative, Positive, Range
 from bench.classifier import ZeroShotHead
 from bench.data.templates import IMAGENET_TEMPLATES_SELECT
@@ -150,7 +150,7 @@ def search_alpha_beta(term: CacheTerm, features: torch.Tensor, base_logits: torc
 class _TipBase(Method):
     """Shared by Tip-Adapter and Tip-Adapter-F: cache construction, installation and the search."""
 
-    slot = Slot.LOGIT_TERM
+    changes = frozenset({Part.LOGIT_TERM})
     version = "2"  # 2: ImageNet's zero-shot head from the official 7-template ensemble
     transfers_to_new_classes = False  # the cache's values are the training classes
 

@@ -6,7 +6,6 @@ class ZeroShot(Method):
     name = "zeroshot"
     description = "Zero-shot CLIP with the dataset's hand-written prompt (reference row, no training)"
     trains = "nothing"
-    slot = None
     reference = True
     gain_baseline = True
 

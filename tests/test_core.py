@@ -5,9 +5,9 @@ import dataclasses
 
 import pytest
 
-from bench import BenchError, Method, Slot
+from bench import BenchError, Method, Part
 from bench.plan import parse_int_list, parse_sets, plan_trials
-from bench.registry import get_method, methods, parse_stack
+from bench.registry import canonical_stack, get_method, methods, parse_stack
 from bench.fingerprint import fingerprinted
 from bench.spec import TrialSpec
 from bench.suite import load_suite
@@ -47,7 +47,7 @@ def test_make_config_rejects_bad_settings(overrides, fragment):
 
 def test_in_tree_methods_are_discovered_through_entry_points():
     found = methods()
-    assert "zeroshot" in found and found["zeroshot"].slot is None
+    assert "zeroshot" in found and not found["zeroshot"].changes
 
 
 @pytest.mark.parametrize("stack, fragment", [
@@ -66,19 +66,25 @@ def test_bad_stacks_fail_with_one_clear_line(stack, fragment):
 
 def test_two_methods_claiming_the_same_part_are_rejected(monkeypatch):
     class HeadA(Method):
-        name, description, slot = "head_a", "a", Slot.HEAD
+        name, description, changes = "head_a", "a", frozenset({Part.HEAD})
 
-    class HeadB(Method):
-        name, description, slot = "head_b", "b", Slot.HEAD
+    class PromptHead(Method):
+        name, description, changes = "prompt_head", "b", frozenset({Part.TEXT_PROMPT, Part.HEAD})
+
+    class Tokens(Method):
+        name, description, changes = "tokens", "t", frozenset({Part.IMAGE_TOKENS})
 
     class Enc(Method):
-        name, description, slot = "enc", "e", Slot.ENCODER
+        name, description, changes = "enc", "e", frozenset({Part.IMAGE_WEIGHTS})
 
-    table = {"head_a": HeadA, "head_b": HeadB, "enc": Enc}
+    table = {"head_a": HeadA, "prompt_head": PromptHead, "tokens": Tokens, "enc": Enc}
     monkeypatch.setattr("bench.registry._discover", lambda: (table, {}))
-    with pytest.raises(BenchError, match="both change the head"):
-        parse_stack("head_a+head_b")
-    assert [m.name for m in parse_stack("head_a+enc")] == ["enc", "head_a"]  # pipeline order
+    with pytest.raises(BenchError, match="'head_a' and 'prompt_head' .* both change the head;"):
+        parse_stack("head_a+prompt_head")
+    assert [m.name for m in parse_stack("head_a+enc")] == ["enc", "head_a"]  # training order
+    # disjoint parts stack, whatever their number: baked weights first, then tokens, then prompt and head
+    assert [m.name for m in parse_stack("prompt_head+tokens+enc")] == ["enc", "tokens", "prompt_head"]
+    assert canonical_stack("enc+tokens") == "tokens+enc"
 
 
 def test_trial_id_is_stable_and_tracks_what_changes_results():

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import BenchError, Method, Slot
+from bench import BenchError, Method, Part
 from bench.plugin import Range, config_dict
 from bench.registry import canonical_stack, methods
 
@@ -96,10 +96,10 @@ def plugin(request) -> type[Method]:
 
 def test_declares_what_the_engine_needs(plugin):
     assert isinstance(plugin.name, str) and plugin.description and isinstance(plugin.version, str)
-    assert plugin.slot is None or isinstance(plugin.slot, Slot)
+    assert isinstance(plugin.changes, frozenset) and all(isinstance(p, Part) for p in plugin.changes)
     assert dataclasses.is_dataclass(plugin.Config)
     assert isinstance(plugin.row_fields, tuple)
-    assert not (plugin.gain_baseline and plugin.slot is not None), "a gain baseline changes nothing"
+    assert not (plugin.gain_baseline and plugin.changes), "a gain baseline changes nothing"
     assert plugin.reusable() == (plugin.export is not Method.export)
 
 
@@ -129,8 +129,8 @@ def test_choices_and_ranges_are_enforced(plugin):
 
 def test_canonical_spelling_is_one_per_stack():
     table = methods()
-    encoder = [n for n, m in table.items() if m.slot == Slot.ENCODER]
-    heads = [n for n, m in table.items() if m.slot is not None and m.slot != Slot.ENCODER]
+    encoder = [n for n, m in table.items() if Part.IMAGE_WEIGHTS in m.changes]
+    heads = [n for n, m in table.items() if m.changes and Part.IMAGE_WEIGHTS not in m.changes]
     for e in encoder:
         for h in heads:
             assert canonical_stack(f"{e}+{h}") == canonical_stack(f"{h}+{e}") == f"{h}+{e}"

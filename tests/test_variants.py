@@ -27,7 +27,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def test_amt_is_mask_with_gdr_off_under_its_own_name():
     amt, mask = get_method("amt"), get_method("mask")
     assert issubclass(amt, mask) and amt.name == "amt" and amt.variant_of == "mask"
-    assert amt.slot == mask.slot and amt.stacked_gain and amt.reusable()
+    assert amt.changes == mask.changes and amt.stacked_gain and amt.reusable()
     cfg = amt.make_config("caltech101", 16)
     assert cfg.gdr is False and cfg == mask.make_config("caltech101", 16, {"gdr": False})
     assert amt.make_config("imagenet", 16).lr == mask.make_config("imagenet", 16).lr  # the base's defaults_for

@@ -11,7 +11,7 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-from bench import Method, Slot
+from bench import Method, Part
 from bench.classifier import ZeroShotHead
 
 
@@ -24,7 +24,7 @@ class PrototypeHead(Method):
     name = "prototype"
     description = "Nearest class prototype (mean few-shot feature blended with the text weight)"
     trains = "nothing: prototypes are feature means"
-    slot = Slot.HEAD
+    changes = frozenset({Part.HEAD})
     Config = Config
 
     def fit(self, clf, ctx):
