@@ -202,3 +202,33 @@ def test_full_fewshot11_comparison_reads_uncut_at_200_columns(tmp_path):
     markdown = _report(tmp_path, run)
     header = _line(markdown.split("this run vs published")[1], "| method |")
     assert header.count(" ours ") == 12 and "average paper" in header.replace("Average", "average")
+
+
+# -- the paper's other rows: ProGrad at 1-16 shots, CoCoOp's base-to-new row ---------------------------------
+def test_prograd_rows_line_up_with_the_published_prograd_cells_at_every_shot_count(tmp_path):
+    pub = load_published()
+    fig = pub[(pub.source == "R-AMT project page figure") & (pub.method == "prograd")]
+    rows = []
+    for shots in (1, 2, 4, 8, 16):
+        cells = fig[fig.shots == shots].set_index("dataset").top1
+        rows += [_row(len(rows) + j, "prograd", d, shots=shots, top1=cells[d]) for j, d in enumerate(FEWSHOT11)]
+    text = _report(tmp_path, _write(tmp_path, rows))
+    for shots in (1, 2, 4, 8, 16):
+        printed = fig[(fig.shots == shots) & (fig.dataset == "average")].top1.iloc[0]
+        line = _line(text.split(f"{shots}-shot: this run vs published")[1], "| prograd |")
+        ours, paper, diff = (float(c) for c in line.strip("|").split("|")[-3:])
+        assert paper == printed and ours == pytest.approx(printed, abs=0.015) and abs(diff) <= 0.015
+        assert f"| {fig[(fig.shots == shots) & (fig.dataset == 'dtd')].top1.iloc[0]:.2f} |" in line
+
+
+def test_cocoop_base_to_new_row_lines_up_with_its_published_row(tmp_path):
+    pub = _published_b2n("cocoop")
+    rows = [_row(i, "cocoop", d, top1=pub[(d, "top1")], top1_new=pub[(d, "top1_new")], hm=pub[(d, "hm")],
+                 suite="base2new", protocol="base2new") for i, d in enumerate(FEWSHOT11)]
+    text = _report(tmp_path, _write(tmp_path, rows))
+    cells = _line(text.split("16-shot harmonic mean")[1], "| cocoop |").strip("|").split("|")
+    assert float(cells[-1]) == pytest.approx(75.83, abs=0.01)  # HM(80.47, 71.69)
+    assert _line(text.split("16-shot: this run vs published")[1], "| cocoop |").endswith("| 80.47 | 80.47 | +0.00 |")
+    assert _line(text.split("16-shot top1_new: this run vs published")[1], "| cocoop |").endswith(
+        "| 71.69 | 71.69 | +0.00 |")
+    assert _line(text.split("16-shot hm: this run vs published")[1], "| cocoop |").endswith("| 75.83 | 75.83 | +0.00 |")

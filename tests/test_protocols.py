@@ -15,7 +15,7 @@ from bench.trial import run_trial
 from test_real_datasets import (IMAGENET_CLASSES, JSON_FIXTURES, _json_dataset, _write_aircraft, _write_cars,
                                 _write_imagenet, _write_v2, _write_wnid_variant)
 
-FAST = {"mask": {"epochs": "1"}, "coop": {"epochs": "1"}}
+FAST = {"mask": {"epochs": "1"}, "coop": {"epochs": "1"}, "cocoop": {"epochs": "1"}}
 
 
 @pytest.fixture(scope="module")
@@ -52,10 +52,10 @@ def test_fewshot11_runs_end_to_end_on_fixtures(real_root, tmp_path):
 
 def spec(stack: str, dataset: str, root, **kw) -> TrialSpec:
     return TrialSpec(run="r", suite="t", dataset=dataset, shots=2, seed=1, stack=stack, pretrained="none",
-                     data_root=str(root), overrides={m: v for m, v in FAST.items() if m in stack}, **kw)
+                     data_root=str(root), overrides={m: v for m, v in FAST.items() if m in stack.split("+")}, **kw)
 
 
-@pytest.mark.parametrize("stack", ["zeroshot", "mask", "coop+mask"])
+@pytest.mark.parametrize("stack", ["zeroshot", "mask", "coop+mask", "cocoop"])
 def test_base_to_new_reports_base_new_and_harmonic_mean(real_root, stack):
     row = run_trial(spec(stack, "caltech101", real_root, protocol="base2new"))
     assert row["n_test"] == 2 * 3  # base = first ceil(3/2) = 2 classes, 3 test images each

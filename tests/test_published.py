@@ -52,11 +52,11 @@ def test_row_counts(pub):
     assert len(pub[pub.source == "APE notebook"]) == 11 * 21
     assert len(pub[pub.source == "third-party plotting script"]) == 55
     b2n = pub[pub.source == "CoCoOp paper Table 1"]
-    assert len(b2n) == 2 * 12 * 3 and set(b2n.method) == {"zeroshot", "coop"}  # (11 + Average) x base/new/HM
+    assert len(b2n) == 3 * 12 * 3 and set(b2n.method) == {"zeroshot", "coop", "cocoop"}  # (11 + Average) x base/new/HM
     shift = pub[pub.source == "CoCoOp paper Table 3"]
     assert len(shift) == 2 * 5 and set(shift.dataset) == {"imagenet", "imagenet_v2", "imagenet_sketch", "imagenet_a",
                                                           "imagenet_r"}
-    assert len(pub) == 72 + 540 + 176 + 231 + 55 + 72 + 10
+    assert len(pub) == 72 + 540 + 176 + 231 + 55 + 108 + 10
 
 
 def test_only_the_figure_linear_probe_rows_are_doubtful(pub):

@@ -234,10 +234,17 @@ def test_plus_mask_reuses_the_learned_masks(fixture_root, tmp_path):
 
 # syn_novel's class names were never seen by the tiny model's text tower: zero-shot is near chance and the
 # prompt is all a method can learn from, so both mechanisms have the most room there. Measured with the
-# synthetic suite's settings at 4 shots: zero-shot 11.75, ProGrad 33.25, CoCoOp 57.5; the margins are
-# about half the gains.
-@pytest.mark.parametrize("stack, margin", [("prograd", 10), ("cocoop", 20)])
-def test_learns_well_beyond_zero_shot_on_the_pretrained_model(tmp_path, stack, margin):
-    zero_shot = run_trial(pretrained_spec("zeroshot"))["top1"]
-    row = run_trial(dataclasses.replace(pretrained_spec(stack), results=str(tmp_path)))
-    assert row["top1"] >= zero_shot + margin, (stack, zero_shot, row["top1"])
+# synthetic suite's settings at 4 shots (CoCoOp cut to 4 epochs to keep the test short): zero-shot 11.75,
+# ProGrad 34.25, CoCoOp 49.0; the margins are about half the gains.
+@pytest.fixture(scope="module")
+def zero_shot_top1():
+    return run_trial(pretrained_spec("zeroshot"))["top1"]
+
+
+@pytest.mark.parametrize("stack, settings, margin", [("prograd", {}, 11), ("cocoop", {"epochs": 4}, 18)])
+def test_learns_well_beyond_zero_shot_on_the_pretrained_model(tmp_path, zero_shot_top1, stack, settings, margin):
+    spec = pretrained_spec(stack)
+    spec = dataclasses.replace(spec, results=str(tmp_path),
+                               overrides={stack: {**spec.overrides.get(stack, {}), **settings}})
+    row = run_trial(spec)
+    assert row["top1"] >= zero_shot_top1 + margin, (stack, zero_shot_top1, row["top1"])
