@@ -100,6 +100,30 @@ def project(g_ce: torch.Tensor, g_kl: torch.Tensor, lambda_: float) -> torch.Ten
     return (a - lambda_ * along * b).to(g_ce.dtype) if along < 0 else g_ce
 
 
+def losses(logits: torch.Tensor, zero_shot: torch.Tensor, labels: torch.Tensor, t: float = 1.0):
+    """``(xe, kl)``: cross-entropy, and the distillation loss from the zero-shot logits at temperature t."""
+    xe = F.cross_entropy(logits, labels)
+    kl = F.cross_entropy(logits / t, F.softmax(zero_shot / t, dim=-1)) * t * t
+    return xe, kl
+
+
+def projected_step(optimizer: torch.optim.Optimizer, params: list[torch.Tensor], xe: torch.Tensor,
+                   kl: torch.Tensor, grad_lambda: float, scaler=None) -> float:
+    """One ProGrad update: each parameter's ``xe`` gradient, projected off its ``kl`` gradient where they
+    conflict, is the gradient the optimizer steps on (through ``scaler`` when given); returns ``xe``."""
+    scaled = scaler.scale if scaler is not None else (lambda loss: loss)
+    g_kl = torch.autograd.grad(scaled(kl), params, retain_graph=True)
+    g_ce = torch.autograd.grad(scaled(xe), params)
+    for p, a, b in zip(params, g_ce, g_kl):
+        p.grad = project(a, b, grad_lambda)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    return float(xe.detach())
+
+
 class ProGrad(Method):
     name = "prograd"
     description = ("ProGrad: CoOp's context updated only where it agrees with the zero-shot prediction's "
@@ -117,29 +141,15 @@ class ProGrad(Method):
         cfg: ProGradConfig = self.config
         template = cfg.template or ctx.data.template
         teacher = ctx.text_weights(templates=[template])  # [C, E], normalised
-        scale, t = clf.logit_scale, cfg.temperature
+        scale = clf.logit_scale
 
         def objective(logits, feats, y):
             with torch.no_grad():
                 zero_shot = scale * F.normalize(feats.float(), dim=-1) @ teacher.t()
-            xe = F.cross_entropy(logits, y)
-            kl = F.cross_entropy(logits / t, F.softmax(zero_shot / t, dim=-1)) * t * t
-            return xe, kl
+            return losses(logits, zero_shot, y, cfg.temperature)
 
-        def update(optimizer, losses, scaler) -> float:
-            xe, kl = losses
-            params = clf.head.trainable()  # the head train_prompt installed
-            scaled = scaler.scale if scaler is not None else (lambda loss: loss)
-            g_kl = torch.autograd.grad(scaled(kl), params, retain_graph=True)
-            g_ce = torch.autograd.grad(scaled(xe), params)
-            for p, a, b in zip(params, g_ce, g_kl):
-                p.grad = project(a, b, cfg.grad_lambda)
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            return float(xe.detach())
+        def update(optimizer, both, scaler) -> float:
+            return projected_step(optimizer, clf.head.trainable(), *both, cfg.grad_lambda, scaler)
 
         out = train_prompt(self.name, cfg, clf, ctx, lambda dtype: PromptHead(
             clf.model, ctx.tokenizer, ctx.data.classnames, cfg, ctx.generator(10), dtype,
