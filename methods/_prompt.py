@@ -154,8 +154,9 @@ def check_text_layout(model: nn.Module) -> None:
     needed = ("token_embedding", "transformer", "ln_final", "positional_embedding", "text_projection")
     if (custom is not None and isinstance(model, custom)) or not all(hasattr(model, a) for a in needed):
         raise BenchError(
-            f"coop needs open_clip's CLIP text layout, but {type(model).__name__} keeps its text tower under "
-            "model.text (CustomTextCLIP: SigLIP, EVA, HF text); run coop with a CLIP model such as ViT-B-16")
+            f"learned text prompts (coop, prograd, cocoop) need open_clip's CLIP text layout, but "
+            f"{type(model).__name__} keeps its text tower under model.text (CustomTextCLIP: SigLIP, EVA, HF text); "
+            "run them with a CLIP model such as ViT-B-16")
 
 
 def token_count(tokenizer, text: str) -> int:

@@ -143,8 +143,8 @@ def test_prograd_and_cocoop_on_a_random_vit_b16_text_tower():
     model = open_clip.CLIP(cfg["embed_dim"], vision, cfg["text_cfg"]).requires_grad_(False)
     tokenizer = open_clip.get_tokenizer("ViT-B-16")
     assert (model.visual.output_dim, model.transformer.width, len(model.transformer.resblocks)) == (512, 512, 12)
-    feats = torch.randn(2, 512, generator=torch.Generator().manual_seed(1))
-    labels = torch.tensor([2, 0])
+    feats = torch.randn(1, 512, generator=torch.Generator().manual_seed(1))  # one image: CoCoOp's batch
+    labels = torch.tensor([2])
     check_prograd_head(model, tokenizer, feats, labels, atol=5e-5)
     (head,) = check_cocoop_head(model, tokenizer, feats, labels, atol=5e-5)
     assert sum(p.numel() for p in head.trainable()) == 35_360  # 4 x 512 context + Meta-Net 512 -> 32 -> 512
