@@ -12,7 +12,8 @@ synthetic suite's) and ViT-B/16's text tower with random weights and a small ima
 Methods alternate within each repeat (so load from elsewhere hits all alike); times are medians.
 
 Run from the repository root: ``python benchmarks/prompt_step.py [--classes 8] [--repeats 5] [--threads 0]``.
-Last lines: ``prompt_step <model> <method>: <ms> ms/step, <x>x coop's step, <y>x coop's epoch``.
+Prints a row per model and method (ms per step, ratio to CoOp's step and epoch); last line
+``prompt_step ratios: prograd <x>x coop's step, cocoop <y>x coop's step (...)``.
 """
 from __future__ import annotations
 
@@ -35,13 +36,18 @@ NAMES = ["accordion", "airplanes", "anchor", "ant", "barrel", "bass", "beaver", 
          "apple pie", "pad thai", "banded", "blotchy"]
 
 
-def models():
-    tiny, _, tiny_tok = load_model("tiny", "bundled")
-    cfg = open_clip.get_model_config("ViT-B-16")
-    torch.manual_seed(0)
-    vision = dict(image_size=16, layers=1, width=64, head_width=32, patch_size=8)
-    vit = open_clip.CLIP(cfg["embed_dim"], vision, cfg["text_cfg"]).requires_grad_(False)
-    return {"tiny": (tiny, tiny_tok), "ViT-B-16 text": (vit, open_clip.get_tokenizer("ViT-B-16"))}
+def models(which=("tiny", "ViT-B-16 text")):
+    out = {}
+    if "tiny" in which:
+        tiny, _, tokenizer = load_model("tiny", "bundled")
+        out["tiny"] = (tiny, tokenizer)
+    if "ViT-B-16 text" in which:
+        cfg = open_clip.get_model_config("ViT-B-16")
+        torch.manual_seed(0)
+        vision = dict(image_size=16, layers=1, width=64, head_width=32, patch_size=8)
+        vit = open_clip.CLIP(cfg["embed_dim"], vision, cfg["text_cfg"]).requires_grad_(False)
+        out["ViT-B-16 text"] = (vit, open_clip.get_tokenizer("ViT-B-16"))
+    return out
 
 
 def steppers(model, tokenizer, names):
@@ -74,6 +80,25 @@ def steppers(model, tokenizer, names):
     return {"coop": (32, coop_step), "prograd": (32, prograd_step), "cocoop": (1, cocoop_step)}
 
 
+def measure(which=("tiny", "ViT-B-16 text"), classes: int = 8, repeats: int = 5, steps: int = 5) -> dict:
+    """model -> method -> (median seconds per step, batch size)."""
+    names = [NAMES[i % len(NAMES)] for i in range(classes)]
+    out = {}
+    for label, (model, tokenizer) in models(which).items():
+        runs = steppers(model, tokenizer, names)
+        times = {m: [] for m in runs}
+        for _, fn in runs.values():
+            fn()  # warm-up
+        for _ in range(repeats):
+            for method, (_, fn) in runs.items():
+                start = time.perf_counter()
+                for _ in range(steps):
+                    fn()
+                times[method].append((time.perf_counter() - start) / steps)
+        out[label] = {m: (statistics.median(t), runs[m][0]) for m, t in times.items()}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--classes", type=int, default=8)
@@ -83,24 +108,15 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    names = [NAMES[i % len(NAMES)] for i in range(args.classes)]
-    for label, (model, tokenizer) in models().items():
-        steps = steppers(model, tokenizer, names)
-        times = {m: [] for m in steps}
-        for _, fn in steps.values():
-            fn()  # warm-up
-        for _ in range(args.repeats):
-            for method, (_, fn) in steps.items():
-                start = time.perf_counter()
-                for _ in range(args.steps):
-                    fn()
-                times[method].append((time.perf_counter() - start) / args.steps)
-        median = {m: statistics.median(t) for m, t in times.items()}
-        for method, (batch, _) in steps.items():
-            per_epoch = median[method] * (32 / batch) / median["coop"]
-            print(f"prompt_step {label} {method}: {1000 * median[method]:.1f} ms/step, "
-                  f"{median[method] / median['coop']:.2f}x coop's step, {per_epoch:.1f}x coop's epoch "
-                  f"({args.classes} classes, batch {batch})")
+    results = measure(classes=args.classes, repeats=args.repeats, steps=args.steps)
+    for label, row in results.items():
+        coop = row["coop"][0]
+        for method, (seconds, batch) in row.items():
+            print(f"{label:14s} {method:8s} {1000 * seconds:8.1f} ms/step  {seconds / coop:5.2f}x coop's step  "
+                  f"{seconds * 32 / batch / coop:5.1f}x coop's epoch  (batch {batch})")
+    vit = results["ViT-B-16 text"]
+    print(f"prompt_step ratios: prograd {vit['prograd'][0] / vit['coop'][0]:.2f}x coop's step, cocoop "
+          f"{vit['cocoop'][0] / vit['coop'][0]:.2f}x coop's step ({args.classes} classes, ViT-B-16 text tower)")
 
 
 if __name__ == "__main__":

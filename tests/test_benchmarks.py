@@ -109,3 +109,11 @@ def test_coop_step_variants_agree_and_are_timed():
     assert all(t > 0 for t in out["seconds"].values()) and out["speedup"] > 0 and out["speedup_official"] > 0
     assert out["prefix"] == 17 and out["prefix"] < out["length"] < 77
     coop_step.print_table(out)
+
+
+def test_prompt_step_times_every_prompt_learner():
+    prompt_step = load("prompt_step")
+    out = prompt_step.measure(which=("tiny",), classes=4, repeats=1, steps=1)
+    assert set(out["tiny"]) == {"coop", "prograd", "cocoop"}
+    assert all(seconds > 0 for seconds, _ in out["tiny"].values())
+    assert [out["tiny"][m][1] for m in ("coop", "prograd", "cocoop")] == [32, 32, 1]
