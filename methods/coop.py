@@ -262,9 +262,11 @@ class PromptHead(nn.Module):
     def n_cls(self) -> int:
         return self.token_prefix.shape[0]
 
-    def prompts(self) -> torch.Tensor:
-        """The assembled prompt embeddings [C, L, D] (L: the truncated length)."""
-        ctx = self.ctx if self.ctx.dim() == 3 else self.ctx.unsqueeze(0).expand(self.n_cls, -1, -1)
+    def prompts(self, ctx: torch.Tensor | None = None) -> torch.Tensor:
+        """The assembled prompt embeddings [C, L, D] (L: the truncated length), around ``ctx`` (default: the
+        learned context; a method that computes its context passes it)."""
+        ctx = self.ctx if ctx is None else ctx
+        ctx = ctx if ctx.dim() == 3 else ctx.unsqueeze(0).expand(self.n_cls, -1, -1)
         prefix, suffix = self.token_prefix, self.token_suffix[:, :self.length - 1 - self.n_ctx]
         if self.position == "end":
             return torch.cat([prefix, ctx, suffix], dim=1)
@@ -279,13 +281,15 @@ class PromptHead(nn.Module):
                 rows.append(torch.cat([prefix[i:i + 1], name, c, rest], dim=1))
         return torch.cat(rows, dim=0)
 
-    def encode(self) -> torch.Tensor:
-        """Text features of every class's prompt [C, E], through the shared prefix where it is exact."""
+    def encode(self, ctx: torch.Tensor | None = None) -> torch.Tensor:
+        """Text features of every class's prompt [C, E] around ``ctx`` (default: the learned context),
+        through the shared prefix where it is exact."""
+        ctx = self.ctx if ctx is None else ctx
         if self.shared_prefix:
-            prefix = torch.cat([self.token_prefix[:1], self.ctx.unsqueeze(0)], dim=1)
+            prefix = torch.cat([self.token_prefix[:1], ctx.to(self.token_prefix.dtype).unsqueeze(0)], dim=1)
             suffix = self.token_suffix[:, :self.length - 1 - self.n_ctx]
             return self.tower.forward_shared(prefix, suffix, self.suffix_pool)
-        return self.tower(self.prompts(), self.ids[:, :self.length])
+        return self.tower(self.prompts(ctx), self.ids[:, :self.length])
 
     def text_features(self) -> torch.Tensor:
         if self.training or (torch.is_grad_enabled() and self.ctx.requires_grad):
