@@ -70,6 +70,8 @@ class VisualPrompts(nn.Module):
 
     def _replace(self, x: torch.Tensor, layer: int) -> torch.Tensor:
         """Overwrite the prompt positions of x (the transformer's layout) with ``layer``'s tokens."""
+        if self._tokens is None:  # a block called outside a prompted forward: leave it alone
+            return x
         nld = x if self._batch_first else x.transpose(0, 1)
         keep = self._slots(nld.shape[1])
         tokens = self._tokens[layer].to(nld.dtype).unsqueeze(0).expand(nld.shape[0], -1, -1)
@@ -78,6 +80,8 @@ class VisualPrompts(nn.Module):
 
     def _drop(self, x: torch.Tensor) -> torch.Tensor:
         """x [N, L + P, D] (the transformer's output, NLD) without the prompt positions."""
+        if self._tokens is None:
+            return x
         keep = self._slots(x.shape[1])
         self._tokens = None
         return torch.cat([x[:, :keep.start], x[:, keep.stop:]], dim=1)
