@@ -345,15 +345,16 @@ def test_base_to_new_rebuilds_the_heads_for_new_classes(syn_spec):
 
 
 # -- learning on the pre-trained tiny model --------------------------------------------------------------
-# syn_novel: class names the tiny text tower never saw, so zero-shot is near chance (11.75) while the image
-# features carry the class: room for tokens that move the image features (vpt_deep) and for a learned text
-# context (upt). Margins about half the gains measured at the time of writing with the suite's settings.
-@pytest.mark.parametrize("stack, margin", [("vpt_deep", 4), ("upt", 10)])
+# syn_warmlight: an unseen warm colour cast over known classes. Zero-shot is poor (29.0) while the image
+# features still carry the class, so tokens inside the image tower (both methods have them) have room to
+# undo the cast. Margins about half the gains measured at the time of writing (4 shots, seed 1, the suite's
+# settings: vpt_deep 51.75, upt 50.5).
+@pytest.mark.parametrize("stack, margin", [("vpt_deep", 11), ("upt", 10)])
 def test_learns_beyond_zero_shot_on_the_pretrained_model(tmp_path, syn_spec, stack, margin):
     from bench.trial import run_trial
 
-    zero = run_trial(syn_spec("zeroshot"))["top1"]
-    row = run_trial(syn_spec(stack, results=str(tmp_path)))
+    zero = run_trial(syn_spec("zeroshot", dataset="syn_warmlight"))["top1"]
+    row = run_trial(syn_spec(stack, dataset="syn_warmlight", results=str(tmp_path)))
     assert row["top1"] >= zero + margin, (stack, zero, row["top1"])
 
 
