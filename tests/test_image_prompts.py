@@ -299,7 +299,8 @@ def test_a_tower_without_tokens_is_refused_in_one_line():
 
 @pytest.fixture(scope="module")
 def syn_spec(tmp_path_factory):
-    """syn_novel, 4 shots, seed 1, on the pre-trained tiny model (the synthetic suite's settings)."""
+    """A spec on the pre-trained tiny model with the synthetic suite's settings (syn_novel, 4 shots, seed 1
+    unless changed), sharing one feature and stage cache."""
     from test_baselines import pretrained_spec
 
     cache = tmp_path_factory.mktemp("cache")
@@ -314,8 +315,13 @@ def test_mask_stacks_reuse_the_mask_stage_and_train_tokens_on_the_masked_encoder
     from bench.methods.vpt_deep import VPTDeep
     from bench.trial import run_trial
 
-    short_mask = {"mask": {**syn_spec("mask").overrides["mask"], "steps": 3}}  # what is checked is the reuse
+    from bench.models import load_model
+
+    # a short, coarse mask stage (what is checked is its reuse and what the tokens train on)
+    short_mask = {"mask": {**syn_spec("mask").overrides["mask"], "steps": 3, "lr": 0.01}}
     mask_only = run_trial(dataclasses.replace(syn_spec("mask"), overrides=short_mask))
+    assert mask_only["mask_sparsity"] > 0
+    plain = module_fingerprint(load_model("tiny", "bundled")[0].visual)
     seen = {}
     for cls in (VPTDeep, UPT):
         original = cls.fit
@@ -332,7 +338,8 @@ def test_mask_stacks_reuse_the_mask_stage_and_train_tokens_on_the_masked_encoder
         assert extras["mask.reused_stage"]  # the masks were learned once, by the `mask` trial
         assert row["mask_sparsity"] == mask_only["mask_sparsity"]
         encoder_id, fingerprint = seen[stack.split("+")[0]]
-        assert encoder_id == fingerprint  # the tokens are trained on the masked encoder, whose id the trial took
+        # the tokens are trained on the masked encoder, whose identity the trial took for its features
+        assert encoder_id == fingerprint != plain
 
 
 def test_base_to_new_rebuilds_the_heads_for_new_classes(syn_spec):
