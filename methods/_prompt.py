@@ -275,7 +275,7 @@ class PromptHead(nn.Module):
         the learned one), through the shared prefix where it is exact."""
         ctx = self.ctx if ctx is None else ctx
         if self.shared_prefix:
-            prefix = torch.cat([self.token_prefix[:1], ctx.unsqueeze(0)], dim=1)
+            prefix = torch.cat([self.token_prefix[:1], ctx.to(self.token_prefix.dtype).unsqueeze(0)], dim=1)
             suffix = self.token_suffix[rows, :self.length - 1 - self.n_ctx]
             return self.tower.forward_shared(prefix, suffix, self.suffix_pool[rows])
         return self.tower(self.prompts(ctx, rows), self.ids[rows, :self.length])
