@@ -130,10 +130,10 @@ class LPPlusPlus(Method):
                 if acc >= best[0]:
                     best = (acc, epoch, [t.detach().clone() for t in (weight, bias, alpha)])
             if (epoch + 1) % 50 == 0 or epoch + 1 == cfg.epochs:
-                ctx.progress(f"{self.name} epoch {epoch + 1}/{cfg.epochs} loss {float(loss):.4f}")
+                ctx.progress(f"{self.name} epoch {epoch + 1}/{cfg.epochs} loss {float(loss.detach()):.4f}")
         seconds = time.perf_counter() - start
         chosen = best[2] if cfg.select_epoch else [weight, bias, alpha]
         clf.head = LPPlusPlusHead(*chosen, text).to(ctx.device)
         return {"trainable_params": c * d + 2 * c, "lr_w": lr_w, "lr_alpha": lr_alpha, "alpha_init": alpha0,
-                "epoch": (best[1] if cfg.select_epoch else cfg.epochs - 1) + 1, "train_loss": float(loss),
+                "epoch": (best[1] if cfg.select_epoch else cfg.epochs - 1) + 1, "train_loss": float(loss.detach()),
                 "step_seconds": seconds / cfg.epochs}
