@@ -14,17 +14,19 @@ from torch import nn
 class ZeroShotHead(nn.Module):
     """logits = scale * cos(image feature, class text weight): CLIP's zero-shot classifier."""
 
-    def __init__(self, text_weights: torch.Tensor, logit_scale: float):
+    def __init__(self, text_weights: torch.Tensor, logit_scale: float, templates: list[str] | None = None):
         super().__init__()
         self.register_buffer("weights", F.normalize(text_weights, dim=-1))
         self.logit_scale = float(logit_scale)
+        self.templates = templates  # the prompts the weights were made with (None: the dataset's)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.logit_scale * F.normalize(features, dim=-1) @ self.weights.to(features.dtype).t()
 
     def for_classes(self, classnames, ctx) -> "ZeroShotHead":
         """The same head for other class names (base-to-new evaluation)."""
-        return ZeroShotHead(ctx.text_weights(classnames), self.logit_scale).to(self.weights.device)
+        return ZeroShotHead(ctx.text_weights(classnames, self.templates), self.logit_scale,
+                            self.templates).to(self.weights.device)
 
 
 class ClipClassifier(nn.Module):

@@ -214,7 +214,8 @@ class LoRA(Method):
     def _install_head(self, clf, ctx) -> None:
         clf.model.eval()
         scale = self.config.logit_scale or clf.logit_scale
-        clf.head = ZeroShotHead(ctx.text_weights(templates=[self.config.template]), scale).to(ctx.device)
+        templates = [self.config.template]
+        clf.head = ZeroShotHead(ctx.text_weights(templates=templates), scale, templates).to(ctx.device)
 
     def export(self, clf, directory: Path) -> None:
         self.peft.save_pretrained(str(directory))
