@@ -149,8 +149,9 @@ def syn_novel_zeroshot():
     return run_trial(pretrained_spec("zeroshot"))["top1"]
 
 
-# Margins about half the gains measured at the time of writing on syn_novel, 4 shots (zero-shot 11.75).
-@pytest.mark.parametrize("stack, margin", [("lp_pp", 40), ("lora", 8), ("lora+mask", 8)])
+# Margins about half the gains measured at the time of writing on syn_novel, 4 shots, the synthetic suite's
+# settings (zero-shot 11.75; LP++ 95.75, LoRA 33.75, LoRA on R-AMT's masks 56.0).
+@pytest.mark.parametrize("stack, margin", [("lp_pp", 40), ("lora", 11), ("lora+mask", 22)])
 def test_learns_beyond_zero_shot(tmp_path, syn_novel_zeroshot, stack, margin):
     spec = dataclasses.replace(pretrained_spec(stack), results=str(tmp_path))
     kept = []
