@@ -68,13 +68,14 @@ def test_lora_starts_at_the_frozen_model_and_trains_only_adapters(tiny):
     assert any(n.startswith("visual.") for n in trainable) and any(n.startswith("transformer.") for n in trainable)
 
 
-def test_lora_trains_184320_parameters_on_vit_b16():
-    from bench.models import load_model
+def test_a_lora_row_on_vit_b16_reports_184320_trainable_parameters(fixture_root):
+    from bench.spec import TrialSpec
 
-    torch.manual_seed(0)
-    model, _, _ = load_model("ViT-B-16", "none")
-    with_lora(model)
-    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 184_320
+    spec = TrialSpec(run="t", suite="t", dataset="fixture", shots=1, seed=1, stack="lora", model="ViT-B-16",
+                     pretrained="none", data_root=str(fixture_root), overrides={"lora": {"n_iters": 1}},
+                     infer_images=0)
+    row = run_trial(spec)
+    assert row["status"] == "ok" and row["trainable_params"] == 184_320
 
 
 @pytest.mark.parametrize("rank, alpha", [(2, 1.0), (4, 2.0)])
