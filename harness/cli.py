@@ -148,7 +148,7 @@ def _print_report(rows, shots, fmt: Format, std: bool, compare: Optional[str] = 
 def _scores(folder):
     from .intervals import PredictionScores
 
-    return PredictionScores(folder.read_predictions)
+    return PredictionScores(folder.read_predictions, folder.prediction_batches)
 
 
 def _report_tables(rows, shots, std: bool, scores=None):
