@@ -114,6 +114,8 @@ import pyarrow.parquet as pq, pyarrow.fs as pafs
 from bench.cli import main
 from bench.results import RunFolder
 import bench.report, bench.intervals, bench.html_report, bench.figures  # imported before the clock starts
+from bench.results import schema
+schema()  # the method plugins: loaded by then in `bench run` and `bench report` alike
 def floor_read():
     rows = pq.read_table(f"{floor}/rows.parquet").to_pandas()
     predictions = pq.read_table(f"{floor}/predictions.parquet")

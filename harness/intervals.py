@@ -31,7 +31,7 @@ LEVEL = 0.95
 EVAL_SET_OF_METRIC = {"top1": "test", "top1_new": "new"}  # hm: no interval
 _BLOCK = 1 << 22  # image counts drawn per block of replicates
 _KEEP = 1 << 24  # test sets whose draws (reps x images, 2 bytes each) stay in memory
-_STACK = 4096  # trials whose scores one product of the draws takes at most
+_STACK = 1024  # trials whose scores one product of the draws takes at most
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,19 +102,17 @@ class Resampler:
             if m.shape != (self.n_seeds, self.n_images):
                 raise ValueError(f"scores of shape {m.shape}, draws for {(self.n_seeds, self.n_images)}")
         stacked = np.concatenate(matrices).astype(np.float32)
-        start = np.arange(len(matrices) + 1) * self.n_seeds
-        out: list[list[np.ndarray]] = [[] for _ in pairs]
+        first = np.array([a for a, _ in pairs])
+        second = np.array([b if b is not None else a for a, b in pairs])
+        paired = np.array([b is not None for _, b in pairs])[None, :, None]
+        out = []
         for counts, seeds in self._draws():
-            sums = counts.astype(np.float32) @ stacked.T  # [replicates, seeds of every matrix]
-            for got, (a, b) in zip(out, pairs):
-                s = sums[:, start[a]:start[a + 1]]
-                if b is not None:
-                    s = s - sums[:, start[b]:start[b + 1]]
-                per_seed = s.astype(np.float64) / self.n_images
-                if seeds is not None:
-                    per_seed = np.take_along_axis(per_seed, seeds, axis=1)
-                got.append(per_seed.mean(1))
-        return [100.0 * np.concatenate(got) for got in out]
+            sums = (counts.astype(np.float32) @ stacked.T).reshape(len(counts), len(matrices), self.n_seeds)
+            if seeds is not None:  # every seed's sum is gathered at the seeds drawn, the same for every matrix
+                sums = np.take_along_axis(sums, seeds[:, None, :], axis=2)
+            per_seed = np.where(paired, sums[:, first] - sums[:, second], sums[:, first])
+            out.append((per_seed.astype(np.float64) / self.n_images).mean(2))  # [replicates, pairs]
+        return list(100.0 * np.concatenate(out).T)
 
 
 def replicates(scores: np.ndarray, reps: int, rng: np.random.Generator) -> np.ndarray:
@@ -221,34 +219,43 @@ class PredictionScores:
 
     def correct(self, row, metric: str) -> tuple[np.ndarray, np.ndarray] | None:
         """(labels, correct) in split order for one row's metric, or None when the trial kept none."""
+        return self._correct(row.trial_id, row.dataset, metric)
+
+    def _correct(self, trial_id: str, dataset: str, metric: str) -> tuple[np.ndarray, np.ndarray] | None:
         if metric not in EVAL_SET_OF_METRIC:
             return None
-        sets = self._eval_sets(row.trial_id)
+        sets = self._eval_sets(trial_id)
         if sets is None:
             return None
         eval_set = EVAL_SET_OF_METRIC[metric]
-        if metric == "top1" and row.dataset in sets:  # a shift target's own column
-            eval_set = row.dataset
+        if metric == "top1" and dataset in sets:  # a shift target's own column
+            eval_set = dataset
         return sets.get(eval_set)
 
     def matrix(self, cell: pd.DataFrame, metric: str) -> tuple[tuple, np.ndarray] | None:
         """(seeds, correct [seeds, images]) of one cell's rows, or None unless every row kept aligned
         predictions of the same test images."""
-        cell = cell.sort_values("seed")
-        seeds, labels, rows = [], None, []
-        for row in cell.itertuples(index=False):
-            got = self.correct(row, metric)
+        got = self._matrix(cell, metric)
+        return None if got is None else got[:2]
+
+    def _matrix(self, cell: pd.DataFrame, metric: str) -> tuple[tuple, np.ndarray, tuple] | None:
+        """:meth:`matrix` and the cell's trial ids, in seed order."""
+        order = np.argsort(cell["seed"].to_numpy())
+        ids, datasets = cell["trial_id"].to_numpy()[order], cell["dataset"].to_numpy()[order]
+        seeds = tuple(int(s) for s in cell["seed"].to_numpy()[order])
+        labels, rows = None, []
+        for trial_id, dataset in zip(ids, datasets):
+            got = self._correct(trial_id, dataset, metric)
             if got is None:
                 return None
             if labels is None:
                 labels = got[0]
             elif got[0] is not labels and (len(got[0]) != len(labels) or not np.array_equal(got[0], labels)):
                 return None
-            seeds.append(int(row.seed))
             rows.append(got[1])
         if not rows or len(set(seeds)) != len(seeds):
             return None
-        return tuple(seeds), np.stack(rows)
+        return seeds, np.stack(rows), tuple(ids)
 
     def estimates(self, cells: dict[tuple[str, str], pd.DataFrame], wanted: dict[str, dict[str, tuple]],
                   metric: str, reps: int, seed: int) -> dict[str, dict[str, tuple[float, np.ndarray] | None]]:
@@ -262,8 +269,7 @@ class PredictionScores:
             def cell(label: str) -> tuple | None:  # (seeds, correct, trial ids) of one cell of this dataset
                 if label not in found:
                     rows = cells.get((label, dataset))
-                    got = None if rows is None else self.matrix(rows, metric)
-                    found[label] = None if got is None else (*got, tuple(rows.sort_values("seed")["trial_id"]))
+                    found[label] = None if rows is None else self._matrix(rows, metric)
                 return found[label]
 
             jobs: dict[tuple, dict[str, tuple]] = {}  # test set's shape -> name -> (estimate, replicates' key)
@@ -293,7 +299,7 @@ class PredictionScores:
         """Replicates of every key (its cell, or pair of cells), some ``_STACK`` trials' scores at a time."""
         while keys:
             chunk, cells = [], {}
-            while keys and (not chunk or len(cells) * draws.n_seeds < _STACK):
+            while keys and (not chunk or max(len(cells), len(chunk)) * draws.n_seeds < _STACK):
                 key = keys.pop(0)
                 chunk.append(key)
                 for cell in key[4:]:
@@ -305,8 +311,10 @@ class PredictionScores:
 
 
 def _cells(rows: pd.DataFrame) -> dict[tuple[str, str], pd.DataFrame]:
-    """(row label, dataset) -> that cell's rows."""
-    return {key: group for key, group in rows.groupby([label_column(rows), "dataset"], sort=False)}
+    """(row label, dataset) -> that cell's rows (the columns that find its predictions)."""
+    key = label_column(rows)
+    slim = rows[[key, "dataset", "seed", "trial_id"]]
+    return {k: group for k, group in slim.groupby([key, "dataset"], sort=False)}
 
 
 def _with_average(per_dataset: dict[str, tuple[float, np.ndarray] | None], columns: list[str],
