@@ -11,7 +11,8 @@ Then, each in a fresh process (imports not timed), it times:
 * the resume check of ``bench run`` (``done_ids`` and ``failed_ids``), against one listing of the run's
   ``trials/`` folder.
 
-Prints peak memory (max RSS) of each process, then ``report_scale: <report / floor>x the floor`` and
+Each step runs ``--repeat`` times, the steps alternated so that load from elsewhere hits all alike; the
+medians are compared. Prints peak memory (max RSS) of each process, then ``report_scale: <report / floor>x the floor`` and
 ``resume_scale: <resume / listing>x the listing``. Targets at 20,000 trials: report <= 3x, resume <= 10x,
 report peak memory < 1 GB.
 
@@ -24,6 +25,7 @@ import argparse
 import hashlib
 import json
 import math
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -113,7 +115,7 @@ step, results, floor = sys.argv[1:4]
 import pyarrow.parquet as pq, pyarrow.fs as pafs
 from bench.cli import main
 from bench.results import RunFolder
-import bench.report, bench.intervals, bench.html_report, bench.figures  # imported before the clock starts
+import bench.report, bench.intervals, bench.html_report, bench.figures, bench.suite, bench.protocols  # not timed
 from bench.results import schema
 schema()  # the method plugins: loaded by then in `bench run` and `bench report` alike
 def floor_read():
@@ -123,8 +125,11 @@ def floor_read():
 def listing():
     folder = RunFolder(results, "scale")
     return len(folder.fs.get_file_info(pafs.FileSelector(folder.trials)))
-def resume():
+def resume():  # what `bench run` asks before it plans what to run
     folder = RunFolder(results, "scale")
+    if hasattr(folder, "statuses"):
+        status = folder.statuses()
+        return sum(status.values()), len(status) - sum(status.values())
     return len(folder.done_ids()), len(folder.failed_ids())
 def report():
     assert main(["report", "--results", results, "--run", "scale"]) == 0
@@ -151,6 +156,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=20_000)
     parser.add_argument("--workdir", type=Path, default=None, help="keep the run here (reused when it is there)")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds of every step, alternated; medians are shown")
     args = parser.parse_args(argv)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="report-scale-"))
     results, floor = workdir / "results", workdir / "floor"
@@ -158,24 +164,32 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"writing {args.trials} fake trials under {results} ...", flush=True)
         seconds = write_run(results, args.trials)
         print(f"wrote {args.trials} trials in {seconds:.0f} s", flush=True)
+    if not (floor / "predictions.parquet").is_file():
         from bench.results import RunFolder
 
         start = time.perf_counter()
         RunFolder(results, RUN).read()  # what the end of `bench run` does
         print(f"first read of the run (end of `bench run`): {time.perf_counter() - start:.1f} s", flush=True)
         write_floor(results, floor)
-    figures = {}
-    for step in ("floor", "listing", "resume", "report", "html"):
-        figures[step] = measure(step, results, floor)
-        print(f"{step:8s} {figures[step]['seconds']:8.2f} s   peak {figures[step]['peak_mb']:7.0f} MB   "
-              f"{figures[step]['got']}", flush=True)
+    if not args.repeat:
+        return {}
+    rounds: dict[str, list[dict]] = {}
+    for _ in range(args.repeat):
+        for step in ("floor", "listing", "resume", "report", "html"):
+            got = measure(step, results, floor)
+            rounds.setdefault(step, []).append(got)
+            print(f"{step:8s} {got['seconds']:8.2f} s   peak {got['peak_mb']:7.0f} MB   {got['got']}", flush=True)
+    figures = {step: {"seconds": statistics.median(g["seconds"] for g in got),
+                      "peak_mb": max(g["peak_mb"] for g in got)} for step, got in rounds.items()}
+    print("medians: " + ", ".join(f"{step} {f['seconds']:.2f} s" for step, f in figures.items()))
     out = {"report_scale": figures["report"]["seconds"] / figures["floor"]["seconds"],
            "html_scale": figures["html"]["seconds"] / figures["floor"]["seconds"],
            "resume_scale": figures["resume"]["seconds"] / figures["listing"]["seconds"],
            "report_peak_mb": figures["report"]["peak_mb"], "html_peak_mb": figures["html"]["peak_mb"],
            "figures": figures}
     print(f"trials: {args.trials}")
-    print(f"report peak memory: {out['report_peak_mb']:.0f} MB (html: {out['html_peak_mb']:.0f} MB)")
+    print(f"report peak memory: {out['report_peak_mb']:.0f} MB (html: {out['html_peak_mb']:.0f} MB; the floor's "
+          f"process, with the same imports: {figures['floor']['peak_mb']:.0f} MB)")
     print(f"html_scale: {out['html_scale']:.2f}x the floor")
     print(f"resume_scale: {out['resume_scale']:.2f}x the listing")
     print(f"report_scale: {out['report_scale']:.2f}x the floor")

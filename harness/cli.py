@@ -121,8 +121,8 @@ def run(
 
 def _run_locked(folder, specs, suite, *, retry_failed, address, cpus_per_trial, gpus_per_trial,
                 max_concurrent) -> None:
-    done, failed = folder.done_ids(), folder.failed_ids()
-    todo = [s for s in specs if (s.trial_id in failed if retry_failed else s.trial_id not in done)]
+    status = folder.statuses()  # trial id -> ok: one listing of the run
+    todo = [s for s in specs if (status.get(s.trial_id) is False if retry_failed else not status.get(s.trial_id))]
     err.print(f"[bold]{folder.run}[/]: {len(specs)} trials, {len(specs) - len(todo)} already done or skipped, "
               f"running {len(todo)} -> {folder.location}")
     if not todo:

@@ -192,16 +192,32 @@ class PredictionScores:
     def _add_batch(self, batch: pa.RecordBatch) -> None:
         """The trials of one batch of (trial_id, predictions): every image's arrays taken at once."""
         lists = batch.column("predictions")
+        ids = batch.column("trial_id").to_pylist()
         valid = lists.is_valid().to_numpy(zero_copy_only=False)
         offsets, values = lists.offsets.to_numpy(), lists.values
-        sets = values.field("eval_set").dictionary_encode()
+        sets = values.field("eval_set")
+        sets = sets if pa.types.is_dictionary(sets.type) else sets.dictionary_encode()
         names, codes = sets.dictionary.to_pylist(), sets.indices.to_numpy(zero_copy_only=False)
         index, label = (values.field(f).to_numpy(zero_copy_only=False) for f in ("index", "label"))
         correct = label == values.field("predicted").to_numpy(zero_copy_only=False)
-        for i, trial_id in enumerate(batch.column("trial_id").to_pylist()):
+        lengths = np.diff(offsets)[valid]
+        if len(names) == 1 and len(lengths) and (lengths == lengths[0]).all() and lengths[0] > 0:
+            # the usual batch: one evaluated set, each trial's images in index order, the same labels
+            whole = slice(offsets[0], offsets[-1])
+            idx, lab = index[whole].reshape(-1, lengths[0]), label[whole].reshape(-1, lengths[0])
+            if (np.diff(idx, axis=1) > 0).all() and (lab == lab[0]).all():
+                labels, rows = self._intern(lab[0]), iter(correct[whole].reshape(-1, lengths[0]))
+                for trial_id, kept in zip(ids, valid):
+                    self._sets[trial_id] = {names[0]: (labels, next(rows))} if kept else None
+                return
+        for i, trial_id in enumerate(ids):
             a, b = offsets[i], offsets[i + 1]
             self._sets[trial_id] = self._split(names, codes[a:b], index[a:b], label[a:b], correct[a:b]) \
                 if valid[i] else None
+
+    def _intern(self, labels: np.ndarray) -> np.ndarray:
+        """One array for every trial with these labels."""
+        return self._labels.setdefault(labels.tobytes() + labels.dtype.str.encode(), labels.copy())
 
     def _split(self, names: list[str], codes: np.ndarray, index: np.ndarray, label: np.ndarray,
                correct: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -214,7 +230,7 @@ class PredictionScores:
             if (np.diff(idx) <= 0).any():
                 order = np.argsort(idx, kind="stable")
                 lab, cor = lab[order], cor[order]
-            out[name] = (self._labels.setdefault(lab.tobytes() + lab.dtype.str.encode(), lab.copy()), cor)
+            out[name] = (self._intern(lab), cor)
         return out
 
     def correct(self, row, metric: str) -> tuple[np.ndarray, np.ndarray] | None:

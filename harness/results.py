@@ -79,14 +79,19 @@ _SOURCE_COLUMNS = ["source_file", "source_size", "source_mtime_ns"]
 _FILES_PER_GROUP = 1024  # row files per row group of the compacted file
 
 
+# kept predictions in the compacted file: the evaluated set's name dictionary-encoded (read back as such)
+_COMPACT_PREDICTIONS = pa.struct([pa.field("eval_set", pa.dictionary(pa.int32(), pa.string())),
+                                  *(f for f in PREDICTION_SCHEMA if f.name != "eval_set")])
+
+
 def _compact_meta() -> dict:
-    return {"version": 1, "columns": schema().names}
+    return {"version": 2, "columns": schema().names}
 
 
 def compact_schema() -> pa.Schema:
     """The compacted file's columns: the row schema, the row file each row came from, its kept predictions."""
     return pa.schema([*schema(), ("source_file", pa.string()), ("source_size", pa.int64()),
-                      ("source_mtime_ns", pa.int64()), ("predictions", pa.list_(pa.struct(list(PREDICTION_SCHEMA))))],
+                      ("source_mtime_ns", pa.int64()), ("predictions", pa.list_(_COMPACT_PREDICTIONS))],
                      metadata={_COMPACT_KEY: json.dumps(_compact_meta()).encode()})
 
 
@@ -356,27 +361,36 @@ class RunFolder:
     def _compacted_rows(self, files: list[pafs.FileInfo], kept_predictions: set[str]) -> pa.Table:
         """The rows of ``files`` with their source and kept predictions (compact_schema); unreadable row
         files are set aside."""
-        columns, tables, torn = compact_schema(), [], []
+        columns, row_columns, tables, torn = compact_schema(), schema(), [], []
         for info in files:
             try:
-                rows = pq.read_table(info.path, filesystem=self.fs, schema=schema())
+                rows = pq.read_table(info.path, filesystem=self.fs, schema=row_columns)
             except (pa.ArrowInvalid, OSError):
                 torn.append(info)
                 continue
             n = rows.num_rows
-            predictions = pa.nulls(n, columns.field("predictions").type)
-            if n == 1 and f"{rows['trial_id'][0].as_py()}.parquet" in kept_predictions:
-                got = pq.read_table(f"{self.predictions}/{rows['trial_id'][0].as_py()}.parquet", filesystem=self.fs)
-                got = got.select(PREDICTION_SCHEMA.names).cast(PREDICTION_SCHEMA)
-                values = pa.StructArray.from_arrays([c.combine_chunks() for c in got.columns],
-                                                    fields=list(PREDICTION_SCHEMA))
-                predictions = pa.ListArray.from_arrays(pa.array([0, len(values)], pa.int32()), values)
+            kept = self._nested_predictions(rows["trial_id"][0].as_py()) \
+                if n == 1 and f"{rows['trial_id'][0].as_py()}.parquet" in kept_predictions else None
+            predictions = kept if kept is not None else pa.nulls(n, columns.field("predictions").type)
             tables.append(pa.Table.from_arrays(
                 [*rows.columns, pa.array([info.base_name] * n, pa.string()), pa.array([info.size] * n, pa.int64()),
                  pa.array([info.mtime_ns] * n, pa.int64()), predictions], schema=columns))
         if torn:
             self._set_aside(torn)
         return pa.concat_tables(tables) if tables else columns.empty_table()
+
+    def _nested_predictions(self, trial_id: str) -> pa.ListArray | None:
+        """A trial's kept predictions as one list entry; None when its file cannot be read (the trial's
+        cells then get no interval)."""
+        try:
+            got = pq.read_table(f"{self.predictions}/{trial_id}.parquet", filesystem=self.fs)
+            got = got.select(PREDICTION_SCHEMA.names).cast(PREDICTION_SCHEMA)
+        except (pa.ArrowInvalid, KeyError, OSError):
+            return None
+        values = pa.StructArray.from_arrays([c.combine_chunks().cast(f.type) for c, f in zip(got.columns,
+                                                                                            _COMPACT_PREDICTIONS)],
+                                            fields=list(_COMPACT_PREDICTIONS))
+        return pa.ListArray.from_arrays(pa.array([0, len(values)], pa.int32()), values)
 
     def prediction_batches(self) -> Iterator[pa.RecordBatch]:
         """(trial_id, predictions) of the compacted trials whose row files are unchanged, in batches; a
@@ -388,7 +402,9 @@ class RunFolder:
         wanted = pa.array(sorted(fresh), pa.string())
         for batch in compact.iter_batches(batch_size=_FILES_PER_GROUP,
                                           columns=["trial_id", "source_file", "predictions"]):
-            batch = batch.filter(pc.is_in(batch.column("source_file"), wanted))
+            fresh_rows = pc.is_in(batch.column("source_file"), wanted)
+            if not pc.all(fresh_rows).as_py():  # rows whose files changed since: read from those files
+                batch = batch.filter(fresh_rows)
             if batch.num_rows:
                 yield batch
 
