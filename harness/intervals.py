@@ -10,7 +10,9 @@ The interval is the 2.5th-97.5th percentile of 2000 replicates (percentile boots
 averages the datasets' replicates (datasets are independent test sets). Replicates are drawn by numpy in
 blocks of whole index matrices, from a generator seeded by the bootstrap seed, the dataset and the metric:
 every row of one dataset sees the same draws, and a report's intervals are exactly reproducible and do not
-depend on which cells are computed.
+depend on which cells are computed. Every cell and gain of one test set is resampled by one matrix product of
+the draws with all their scores per block (``Resampler.paired_replicates``), with the same numbers, bit for
+bit, as one cell at a time.
 
 Only cells whose every trial kept its predictions (rows written before predictions were kept have none)
 and whose stacks ran the same seeds on the same test images get an interval; the harmonic mean of
@@ -152,9 +154,9 @@ class PredictionScores:
 
     Holds per trial and evaluated set its correctness (one byte per image) and its labels (one array shared
     by every trial with the same labels, in practice one per test set); per cell (and pair of cells) its
-    replicates (``reps`` float64), so a report's tables and figures draw each once. The bootstrap adds, while
-    it computes a test set's cells, float32 copies of their scores and sums (4 bytes x (images + reps) per
-    trial), at most ``_STACK`` trials' at a time."""
+    replicates (``reps`` float64), so a report's tables and figures draw each once. While it resamples a test
+    set, the bootstrap adds per trial of that set a copy of its correctness and, for at most ``_STACK`` trials
+    at a time, its scores in float32 (4 bytes per image) and its replicate sums (about 20 bytes per replicate)."""
 
     def __init__(self, read_predictions: Callable[[str], pd.DataFrame | None],
                  batches: Callable[[], Iterable[pa.RecordBatch]] | None = None):
@@ -293,8 +295,9 @@ class PredictionScores:
             for name, per in wanted.items():
                 if dataset not in per:
                     continue
-                a, b = cell(per[dataset][0]), (None if per[dataset][1] is None else cell(per[dataset][1]))
-                if a is None or (per[dataset][1] is not None and (b is None or a[0] != b[0] or a[1].shape != b[1].shape)):
+                paired = per[dataset][1] is not None
+                a, b = cell(per[dataset][0]), (cell(per[dataset][1]) if paired else None)
+                if a is None or (paired and (b is None or a[0] != b[0] or a[1].shape != b[1].shape)):
                     out[name][dataset] = None
                     continue
                 if b is None:
@@ -303,7 +306,8 @@ class PredictionScores:
                     estimate = 100.0 * (a[1].astype(np.float32) - b[1].astype(np.float32)).mean()
                     matrices[b[2]] = b[1]
                 matrices[a[2]] = a[1]
-                jobs.setdefault(a[1].shape, {})[name] = (estimate, (seed, dataset, metric, reps, a[2], b and b[2]))
+                key = (seed, dataset, metric, reps, a[2], None if b is None else b[2])
+                jobs.setdefault(a[1].shape, {})[name] = (estimate, key)
             for shape, named in jobs.items():
                 todo = [key for key in dict.fromkeys(key for _, key in named.values()) if key not in self._replicates]
                 self._draw(self.resampler(seed, dataset, metric, *shape, reps), todo, matrices)

@@ -109,3 +109,20 @@ def test_coop_step_variants_agree_and_are_timed():
     assert all(t > 0 for t in out["seconds"].values()) and out["speedup"] > 0 and out["speedup_official"] > 0
     assert out["prefix"] == 17 and out["prefix"] < out["length"] < 77
     coop_step.print_table(out)
+
+
+def test_report_scale_writes_a_run_and_its_floor(tmp_path):
+    import pyarrow.parquet as pq
+
+    from bench.cli import main
+    from bench.results import RunFolder
+
+    report_scale = load("report_scale")
+    results, floor = tmp_path / "results", tmp_path / "floor"
+    report_scale.write_run(results, 100, log=lambda *a: None)
+    status = RunFolder(results, report_scale.RUN).statuses()
+    assert len(status) == 100 and sorted(status.values()).count(False) == 100 // report_scale.FAILED_EVERY
+    report_scale.write_floor(results, floor)
+    assert pq.read_metadata(floor / "rows.parquet").num_rows == 100
+    assert pq.read_metadata(floor / "predictions.parquet").num_rows == 99 * report_scale.N_IMAGES
+    assert main(["report", "--results", str(results), "--run", report_scale.RUN, "--format", "csv"]) == 0
