@@ -365,7 +365,9 @@ class RunFolder:
         for info in files:
             try:
                 rows = pq.read_table(info.path, filesystem=self.fs, schema=row_columns)
-            except (pa.ArrowInvalid, OSError):
+            except (pa.ArrowInvalid, OSError) as error:
+                if not (self.is_local or isinstance(error, pa.ArrowInvalid) or not self._whole(info)):
+                    raise  # a store that does not answer: not a file cut short
                 torn.append(info)
                 continue
             n = rows.num_rows
@@ -420,10 +422,10 @@ class RunFolder:
             return {t: bool(ok) for t, ok in zip(rows["trial_id"], rows["status"] == "ok")}
         files = self._io("read", self._row_files)
         sources = self._sources(self._io("read", self._compact))
-        torn = [info for name, info in files.items()
-                if sources.get(name) != (info.size, info.mtime_ns) and not self._whole(info)]
+        torn = self._io("read", lambda: [info for name, info in files.items()
+                                         if sources.get(name) != (info.size, info.mtime_ns) and not self._whole(info)])
         if torn:
-            self._set_aside(torn)
+            self._io("write", lambda: self._set_aside(torn))
         out: dict[str, bool] = {}
         for name in set(files) - {info.base_name for info in torn}:
             if name.endswith(FAILED_SUFFIX):
@@ -442,11 +444,8 @@ class RunFolder:
         """Whether a file ends as a Parquet file does: footer length, then the magic bytes."""
         if info.size is None or info.size < 12:
             return False
-        try:
-            with self.fs.open_input_file(info.path) as handle:
-                tail = handle.read_at(8, info.size - 8)
-        except OSError:
-            return False
+        with self.fs.open_input_file(info.path) as handle:  # an OSError here is the store's, not the file's
+            tail = handle.read_at(8, info.size - 8)
         return tail[4:] == b"PAR1" and int.from_bytes(tail[:4], "little") + 12 <= info.size
 
     def _names_carry_status(self) -> bool:
