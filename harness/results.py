@@ -68,6 +68,7 @@ def schema() -> pa.Schema:
     declared = sorted({f for m in methods().values() for f in m.row_fields} - set(BASE_SCHEMA.names))
     return pa.schema([*BASE_SCHEMA, *((f, pa.float64()) for f in declared)])
 
+
 # A trial's test predictions (bench.trial.Predictions): per image of each evaluated set, in split order.
 PREDICTION_SCHEMA = pa.schema([("eval_set", pa.string()), ("index", pa.int32()), ("label", pa.int32()),
                                ("predicted", pa.int32())])
@@ -77,8 +78,6 @@ COMPACT = "compact.parquet"
 _COMPACT_KEY = b"bench.compact"
 _SOURCE_COLUMNS = ["source_file", "source_size", "source_mtime_ns"]
 _FILES_PER_GROUP = 1024  # row files per row group of the compacted file
-
-
 # kept predictions in the compacted file: the evaluated set's name dictionary-encoded (read back as such)
 _COMPACT_PREDICTIONS = pa.struct([pa.field("eval_set", pa.dictionary(pa.int32(), pa.string())),
                                   *(f for f in PREDICTION_SCHEMA if f.name != "eval_set")])

@@ -2,12 +2,10 @@
 its per-trial files, and the bootstrap drawn for every cell of a test set at once with the same numbers."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
-import pytest
 
 from bench.intervals import PredictionScores, _cells, accuracy_intervals, cell_rng, gain_intervals, interval, \
     label_column, Resampler
