@@ -464,18 +464,8 @@ class RunFolder:
                 self.fs.move(self._row_path(trial_id, True), self._row_path(trial_id, False))
         self._record_layout()
 
-    def set_aside_unreadable(self) -> list[str]:
-        """Move row files that do not parse to ``<run>/unreadable/``; return their names."""
-        torn = []
-        for info in self._row_files().values():
-            try:
-                with self.fs.open_input_file(info.path) as handle:
-                    pq.read_table(handle)
-            except (pa.ArrowInvalid, OSError):
-                torn.append(info)
-        return self._set_aside(torn)
-
     def _set_aside(self, torn: list[pafs.FileInfo]) -> list[str]:
+        """Move row files that do not parse to ``<run>/unreadable/``, saying so in one line; their names."""
         from .console import err
 
         moved = []
