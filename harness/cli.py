@@ -121,8 +121,8 @@ def run(
 
 def _run_locked(folder, specs, suite, *, retry_failed, address, cpus_per_trial, gpus_per_trial,
                 max_concurrent) -> None:
-    done, failed = folder.done_ids(), folder.failed_ids()
-    todo = [s for s in specs if (s.trial_id in failed if retry_failed else s.trial_id not in done)]
+    status = folder.statuses()  # trial id -> ok: one listing of the run
+    todo = [s for s in specs if (status.get(s.trial_id) is False if retry_failed else not status.get(s.trial_id))]
     err.print(f"[bold]{folder.run}[/]: {len(specs)} trials, {len(specs) - len(todo)} already done or skipped, "
               f"running {len(todo)} -> {folder.location}")
     if not todo:
@@ -148,7 +148,7 @@ def _print_report(rows, shots, fmt: Format, std: bool, compare: Optional[str] = 
 def _scores(folder):
     from .intervals import PredictionScores
 
-    return PredictionScores(folder.read_predictions)
+    return PredictionScores(folder.read_predictions, folder.prediction_batches)
 
 
 def _report_tables(rows, shots, std: bool, scores=None):

@@ -264,7 +264,8 @@ def mask_shares(rows: pd.DataFrame, artifact_dir: Callable[[str], Path | None]) 
     (``Method.switched_off``, e.g. mask's bit-packed masks): columns dataset, shots, seed, trial_id, block,
     tensor, off."""
     out = []
-    for row in rows[rows["status"] == "ok"].itertuples(index=False):
+    ok = rows.loc[rows["status"] == "ok", ["trial_id", "stack", "dataset", "shots", "seed"]]
+    for row in ok.itertuples(index=False):
         folder = artifact_dir(row.trial_id)
         if folder is None or not Path(folder).is_dir():
             continue

@@ -10,7 +10,9 @@ The interval is the 2.5th-97.5th percentile of 2000 replicates (percentile boots
 averages the datasets' replicates (datasets are independent test sets). Replicates are drawn by numpy in
 blocks of whole index matrices, from a generator seeded by the bootstrap seed, the dataset and the metric:
 every row of one dataset sees the same draws, and a report's intervals are exactly reproducible and do not
-depend on which cells are computed.
+depend on which cells are computed. Every cell and gain of one test set is resampled by one matrix product of
+the draws with all their scores per block (``Resampler.paired_replicates``), with the same numbers, bit for
+bit, as one cell at a time.
 
 Only cells whose every trial kept its predictions (rows written before predictions were kept have none)
 and whose stacks ran the same seeds on the same test images get an interval; the harmonic mean of
@@ -20,16 +22,18 @@ from __future__ import annotations
 
 import dataclasses
 import zlib
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 DEFAULT_REPS = 2000
 LEVEL = 0.95
 EVAL_SET_OF_METRIC = {"top1": "test", "top1_new": "new"}  # hm: no interval
 _BLOCK = 1 << 22  # image counts drawn per block of replicates
 _KEEP = 1 << 24  # test sets whose draws (reps x images, 2 bytes each) stay in memory
+_STACK = 1024  # trials whose scores one product of the draws takes at most
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,12 +83,38 @@ class Resampler:
         if scores.shape != (self.n_seeds, self.n_images):
             raise ValueError(f"scores of shape {scores.shape}, draws for {(self.n_seeds, self.n_images)}")
         out = []
-        for counts, seeds in self._kept if self._kept is not None else self._blocks():
+        for counts, seeds in self._draws():
             per_seed = (counts.astype(np.float32) @ scores.T).astype(np.float64) / self.n_images  # [r, seeds]
             if seeds is not None:
                 per_seed = np.take_along_axis(per_seed, seeds, axis=1)
             out.append(per_seed.mean(1))
         return 100.0 * np.concatenate(out)
+
+    def _draws(self):
+        return self._kept if self._kept is not None else self._blocks()
+
+    def paired_replicates(self, matrices: list[np.ndarray], pairs: list[tuple[int, int | None]]) -> list[np.ndarray]:
+        """Replicates (percent) per pair (a, b): of the mean of ``matrices[a]`` (b None) or of the paired
+        difference ``matrices[a] - matrices[b]`` — all from one product of the draws with every matrix stacked.
+
+        For 0/1 scores (correctness) they equal :meth:`replicates` of each matrix or difference on its own, bit
+        for bit: the product's entries are whole numbers of at most ``n_images`` (< 2**24), exact in float32 in
+        any order of summation, and the rest is the same arithmetic on the same values."""
+        for m in matrices:
+            if m.shape != (self.n_seeds, self.n_images):
+                raise ValueError(f"scores of shape {m.shape}, draws for {(self.n_seeds, self.n_images)}")
+        stacked = np.concatenate(matrices).astype(np.float32)
+        first = np.array([a for a, _ in pairs])
+        second = np.array([b if b is not None else a for a, b in pairs])
+        paired = np.array([b is not None for _, b in pairs])[None, :, None]
+        out = []
+        for counts, seeds in self._draws():
+            sums = (counts.astype(np.float32) @ stacked.T).reshape(len(counts), len(matrices), self.n_seeds)
+            if seeds is not None:  # every seed's sum is gathered at the seeds drawn, the same for every matrix
+                sums = np.take_along_axis(sums, seeds[:, None, :], axis=2)
+            per_seed = np.where(paired, sums[:, first] - sums[:, second], sums[:, first])
+            out.append((per_seed.astype(np.float64) / self.n_images).mean(2))  # [replicates, pairs]
+        return list(100.0 * np.concatenate(out).T)
 
 
 def replicates(scores: np.ndarray, reps: int, rng: np.random.Generator) -> np.ndarray:
@@ -118,13 +148,24 @@ def cell_rng(seed: int, *names: object) -> np.random.Generator:
 
 
 class PredictionScores:
-    """Per-image correctness of trials, read once from the run's kept predictions."""
+    """Per-image correctness of trials, each trial's predictions read once: all of a run's at the first
+    question, in batches (``batches``, e.g. ``RunFolder.prediction_batches``), any other trial's on its own
+    (``read_predictions``).
 
-    def __init__(self, read_predictions: Callable[[str], pd.DataFrame | None]):
+    Holds per trial and evaluated set its correctness (one byte per image) and its labels (one array shared
+    by every trial with the same labels, in practice one per test set); per cell (and pair of cells) its
+    replicates (``reps`` float64), so a report's tables and figures draw each once. While it resamples a test
+    set, the bootstrap adds per trial of that set a copy of its correctness and, for at most ``_STACK`` trials
+    at a time, its scores in float32 (4 bytes per image) and its replicate sums (about 20 bytes per replicate)."""
+
+    def __init__(self, read_predictions: Callable[[str], pd.DataFrame | None],
+                 batches: Callable[[], Iterable[pa.RecordBatch]] | None = None):
         self.read = read_predictions
-        self._frames: dict[str, pd.DataFrame | None] = {}
-        self._correct: dict[tuple, tuple | None] = {}
+        self.batches = batches
+        self._sets: dict[str, dict[str, tuple[np.ndarray, np.ndarray]] | None] | None = None
+        self._labels: dict[bytes, np.ndarray] = {}
         self._resamplers: dict[tuple, Resampler] = {}
+        self._replicates: dict[tuple, np.ndarray] = {}
 
     def resampler(self, seed: int, dataset: str, metric: str, n_seeds: int, n_images: int, reps: int) -> Resampler:
         """The draws of one test set, shared by every row and gain of it in this report."""
@@ -133,55 +174,167 @@ class PredictionScores:
             self._resamplers[key] = Resampler(cell_rng(seed, dataset, metric), n_seeds, n_images, reps)
         return self._resamplers[key]
 
-    def _frame(self, trial_id: str) -> pd.DataFrame | None:
-        if trial_id not in self._frames:
-            self._frames[trial_id] = self.read(trial_id)
-        return self._frames[trial_id]
+    def _eval_sets(self, trial_id: str) -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
+        """Evaluated set -> (labels, correct) in split order for one trial; None when it kept none."""
+        if self._sets is None:
+            self._sets = {}
+            for batch in self.batches() if self.batches is not None else ():
+                self._add_batch(batch)
+        if trial_id not in self._sets:
+            frame = self.read(trial_id)
+            if frame is None:
+                self._sets[trial_id] = None
+            else:
+                names, codes = np.unique(frame["eval_set"].to_numpy(dtype=object), return_inverse=True)
+                self._sets[trial_id] = self._split(list(names), codes, frame["index"].to_numpy(),
+                                                   frame["label"].to_numpy(),
+                                                   (frame["predicted"] == frame["label"]).to_numpy())
+        return self._sets[trial_id]
+
+    def _add_batch(self, batch: pa.RecordBatch) -> None:
+        """The trials of one batch of (trial_id, predictions): every image's arrays taken at once."""
+        lists = batch.column("predictions")
+        ids = batch.column("trial_id").to_pylist()
+        valid = lists.is_valid().to_numpy(zero_copy_only=False)
+        offsets, values = lists.offsets.to_numpy(), lists.values
+        sets = values.field("eval_set")
+        sets = sets if pa.types.is_dictionary(sets.type) else sets.dictionary_encode()
+        names, codes = sets.dictionary.to_pylist(), sets.indices.to_numpy(zero_copy_only=False)
+        index, label = (values.field(f).to_numpy(zero_copy_only=False) for f in ("index", "label"))
+        correct = label == values.field("predicted").to_numpy(zero_copy_only=False)
+        lengths = np.diff(offsets)[valid]
+        if len(names) == 1 and len(lengths) and (lengths == lengths[0]).all() and lengths[0] > 0:
+            # the usual batch: one evaluated set, each trial's images in index order, the same labels
+            whole = slice(offsets[0], offsets[-1])
+            idx, lab = index[whole].reshape(-1, lengths[0]), label[whole].reshape(-1, lengths[0])
+            if (np.diff(idx, axis=1) > 0).all() and (lab == lab[0]).all():
+                labels, rows = self._intern(lab[0]), iter(correct[whole].reshape(-1, lengths[0]))
+                for trial_id, kept in zip(ids, valid):
+                    self._sets[trial_id] = {names[0]: (labels, next(rows))} if kept else None
+                return
+        for i, trial_id in enumerate(ids):
+            a, b = offsets[i], offsets[i + 1]
+            self._sets[trial_id] = self._split(names, codes[a:b], index[a:b], label[a:b], correct[a:b]) \
+                if valid[i] else None
+
+    def _intern(self, labels: np.ndarray) -> np.ndarray:
+        """One array for every trial with these labels."""
+        return self._labels.setdefault(labels.tobytes() + labels.dtype.str.encode(), labels.copy())
+
+    def _split(self, names: list[str], codes: np.ndarray, index: np.ndarray, label: np.ndarray,
+               correct: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """One trial's images by evaluated set, each in index order."""
+        one = len(codes) and (codes == codes[0]).all()
+        groups = [(names[codes[0]], slice(None))] if one else [(names[c], codes == c) for c in np.unique(codes)]
+        out = {}
+        for name, where in groups:
+            idx, lab, cor = index[where], label[where], correct[where]
+            if (np.diff(idx) <= 0).any():
+                order = np.argsort(idx, kind="stable")
+                lab, cor = lab[order], cor[order]
+            out[name] = (self._intern(lab), cor)
+        return out
 
     def correct(self, row, metric: str) -> tuple[np.ndarray, np.ndarray] | None:
         """(labels, correct) in split order for one row's metric, or None when the trial kept none."""
-        key = (row.trial_id, row.dataset, metric)
-        if key not in self._correct:
-            self._correct[key] = self._read_correct(row, metric)
-        return self._correct[key]
+        return self._correct(row.trial_id, row.dataset, metric)
 
-    def _read_correct(self, row, metric: str) -> tuple[np.ndarray, np.ndarray] | None:
+    def _correct(self, trial_id: str, dataset: str, metric: str) -> tuple[np.ndarray, np.ndarray] | None:
         if metric not in EVAL_SET_OF_METRIC:
             return None
-        frame = self._frame(row.trial_id)
-        if frame is None:
+        sets = self._eval_sets(trial_id)
+        if sets is None:
             return None
         eval_set = EVAL_SET_OF_METRIC[metric]
-        if metric == "top1" and (frame["eval_set"] == row.dataset).any():  # a shift target's own column
-            eval_set = row.dataset
-        part = frame[frame["eval_set"] == eval_set].sort_values("index")
-        if part.empty:
-            return None
-        return part["label"].to_numpy(), (part["predicted"] == part["label"]).to_numpy()
+        if metric == "top1" and dataset in sets:  # a shift target's own column
+            eval_set = dataset
+        return sets.get(eval_set)
 
     def matrix(self, cell: pd.DataFrame, metric: str) -> tuple[tuple, np.ndarray] | None:
         """(seeds, correct [seeds, images]) of one cell's rows, or None unless every row kept aligned
         predictions of the same test images."""
-        cell = cell.sort_values("seed")
-        seeds, labels, rows = [], None, []
-        for row in cell.itertuples(index=False):
-            got = self.correct(row, metric)
+        got = self._matrix(cell, metric)
+        return None if got is None else got[:2]
+
+    def _matrix(self, cell: pd.DataFrame, metric: str) -> tuple[tuple, np.ndarray, tuple] | None:
+        """:meth:`matrix` and the cell's trial ids, in seed order."""
+        order = np.argsort(cell["seed"].to_numpy())
+        ids, datasets = cell["trial_id"].to_numpy()[order], cell["dataset"].to_numpy()[order]
+        seeds = tuple(int(s) for s in cell["seed"].to_numpy()[order])
+        labels, rows = None, []
+        for trial_id, dataset in zip(ids, datasets):
+            got = self._correct(trial_id, dataset, metric)
             if got is None:
                 return None
             if labels is None:
                 labels = got[0]
-            elif len(got[0]) != len(labels) or not np.array_equal(got[0], labels):
+            elif got[0] is not labels and (len(got[0]) != len(labels) or not np.array_equal(got[0], labels)):
                 return None
-            seeds.append(int(row.seed))
             rows.append(got[1])
         if not rows or len(set(seeds)) != len(seeds):
             return None
-        return tuple(seeds), np.stack(rows)
+        return seeds, np.stack(rows), tuple(ids)
+
+    def estimates(self, cells: dict[tuple[str, str], pd.DataFrame], wanted: dict[str, dict[str, tuple]],
+                  metric: str, reps: int, seed: int) -> dict[str, dict[str, tuple[float, np.ndarray] | None]]:
+        """(estimate, replicates) per name and dataset of ``wanted`` (name -> dataset -> (label A, label B
+        or None)): the mean accuracy of cell A, or the paired gain of A over B. None where a cell kept no
+        aligned predictions or, for a gain, the two cells' seeds or images differ."""
+        out: dict[str, dict] = {name: {} for name in wanted}
+        for dataset in dict.fromkeys(d for per in wanted.values() for d in per):
+            found: dict[str, tuple | None] = {}
+
+            def cell(label: str) -> tuple | None:  # (seeds, correct, trial ids) of one cell of this dataset
+                if label not in found:
+                    rows = cells.get((label, dataset))
+                    found[label] = None if rows is None else self._matrix(rows, metric)
+                return found[label]
+
+            jobs: dict[tuple, dict[str, tuple]] = {}  # test set's shape -> name -> (estimate, replicates' key)
+            matrices: dict[tuple, np.ndarray] = {}
+            for name, per in wanted.items():
+                if dataset not in per:
+                    continue
+                paired = per[dataset][1] is not None
+                a, b = cell(per[dataset][0]), (cell(per[dataset][1]) if paired else None)
+                if a is None or (paired and (b is None or a[0] != b[0] or a[1].shape != b[1].shape)):
+                    out[name][dataset] = None
+                    continue
+                if b is None:
+                    estimate = 100.0 * a[1].mean()
+                else:
+                    estimate = 100.0 * (a[1].astype(np.float32) - b[1].astype(np.float32)).mean()
+                    matrices[b[2]] = b[1]
+                matrices[a[2]] = a[1]
+                key = (seed, dataset, metric, reps, a[2], None if b is None else b[2])
+                jobs.setdefault(a[1].shape, {})[name] = (estimate, key)
+            for shape, named in jobs.items():
+                todo = [key for key in dict.fromkeys(key for _, key in named.values()) if key not in self._replicates]
+                self._draw(self.resampler(seed, dataset, metric, *shape, reps), todo, matrices)
+                for name, (estimate, key) in named.items():
+                    out[name][dataset] = (estimate, self._replicates[key])
+        return out
+
+    def _draw(self, draws: Resampler, keys: list[tuple], matrices: dict[tuple, np.ndarray]) -> None:
+        """Replicates of every key (its cell, or pair of cells), some ``_STACK`` trials' scores at a time."""
+        while keys:
+            chunk, cells = [], {}
+            while keys and (not chunk or max(len(cells), len(chunk)) * draws.n_seeds < _STACK):
+                key = keys.pop(0)
+                chunk.append(key)
+                for cell in key[4:]:
+                    if cell is not None:
+                        cells.setdefault(cell, len(cells))
+            got = draws.paired_replicates([matrices[c] for c in cells],
+                                          [(cells[k[4]], None if k[5] is None else cells[k[5]]) for k in chunk])
+            self._replicates.update(zip(chunk, got))
 
 
 def _cells(rows: pd.DataFrame) -> dict[tuple[str, str], pd.DataFrame]:
-    """(row label, dataset) -> that cell's rows."""
-    return {key: group for key, group in rows.groupby([label_column(rows), "dataset"], sort=False)}
+    """(row label, dataset) -> that cell's rows (the columns that find its predictions)."""
+    key = label_column(rows)
+    slim = rows[[key, "dataset", "seed", "trial_id"]]
+    return {k: group for k, group in slim.groupby([key, "dataset"], sort=False)}
 
 
 def _with_average(per_dataset: dict[str, tuple[float, np.ndarray] | None], columns: list[str],
@@ -200,16 +353,9 @@ def accuracy_intervals(rows: pd.DataFrame, scores: PredictionScores, metric: str
     a frame of :class:`Interval` (None where predictions are missing)."""
     key = label_column(rows)
     datasets = list(dict.fromkeys(rows["dataset"]))
-    cells = _cells(rows)
-    table = {}
-    for label in dict.fromkeys(rows[key]):
-        per = {}
-        for dataset in datasets:
-            cell = cells.get((label, dataset))
-            got = scores.matrix(cell, metric) if cell is not None else None
-            per[dataset] = None if got is None else (
-                100.0 * got[1].mean(), scores.resampler(seed, dataset, metric, *got[1].shape, reps).replicates(got[1]))
-        table[label] = _with_average(per, [*datasets, "Average"], level)
+    wanted = {label: {d: (label, None) for d in datasets} for label in dict.fromkeys(rows[key])}
+    got = scores.estimates(_cells(rows), wanted, metric, reps, seed)
+    table = {label: _with_average(got[label], [*datasets, "Average"], level) for label in wanted}
     return pd.DataFrame(table).T.reindex(columns=[*datasets, "Average"])
 
 
@@ -219,22 +365,7 @@ def gain_intervals(rows: pd.DataFrame, gains: pd.DataFrame, scores: PredictionSc
     ``gains``; None where a cell has no interval)."""
     columns = list(gains.columns)
     datasets = [c for c in columns if c != "Average"]
-    cells = _cells(rows)
-    table = {}
-    for name in gains.index:
-        a, b = str(name).split(" vs ", 1)
-        per = {}
-        for dataset in datasets:
-            cell_a, cell_b = cells.get((a, dataset)), cells.get((b, dataset))
-            if cell_a is None or cell_b is None:
-                per[dataset] = None
-                continue
-            got_a, got_b = scores.matrix(cell_a, metric), scores.matrix(cell_b, metric)
-            if got_a is None or got_b is None or got_a[0] != got_b[0] or got_a[1].shape != got_b[1].shape:
-                per[dataset] = None
-                continue
-            diff = got_a[1].astype(np.float32) - got_b[1].astype(np.float32)
-            draws = scores.resampler(seed, dataset, metric, *diff.shape, reps)
-            per[dataset] = 100.0 * diff.mean(), draws.replicates(diff)
-        table[name] = _with_average(per, columns, level)
+    wanted = {name: {d: tuple(str(name).split(" vs ", 1)) for d in datasets} for name in gains.index}
+    got = scores.estimates(_cells(rows), wanted, metric, reps, seed)
+    table = {name: _with_average(got[name], columns, level) for name in gains.index}
     return pd.DataFrame(table, columns=list(gains.index)).T.reindex(index=gains.index, columns=columns)

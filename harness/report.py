@@ -97,19 +97,24 @@ def _variant(row, stack: str) -> dict[str, str]:
     return out
 
 
+_VARIANT_FIELDS = ["settings", "hparams", "dataset", "shots", "model", "pretrained"]  # what _variant reads
+
+
 def label_rows(rows: pd.DataFrame) -> pd.Series:
     """One report row per stack *and* configuration: a stack run with two settings (or models, weights) in
     one run gives two labelled rows, e.g. ``mask`` and ``mask (gdr=false, lr=0.001)``."""
-    labels = pd.Series(rows["stack"].values, index=rows.index, dtype=object)
+    labels = dict(zip(rows.index, rows["stack"].to_numpy(dtype=object)))
     for stack, group in rows.groupby("stack"):
-        variants = {i: _variant(r, stack) for i, r in zip(group.index, group.itertuples(index=False))}
+        seen: dict[tuple, dict] = {}  # rows of one configuration: worked out once
+        variants = {i: seen[r] if r in seen else seen.setdefault(r, _variant(r, stack))
+                    for i, r in zip(group.index, group[_VARIANT_FIELDS].itertuples(index=False))}
         keys = sorted({k for v in variants.values() for k in v})
         differing = [k for k in keys if len({v.get(k) for v in variants.values()}) > 1]
         for i, v in variants.items():
             shown = [f"{k}={v[k]}" for k in differing if k in v and k not in ("model", "weights")]
             shown += [f"{k}={v[k]}" for k in ("model", "weights") if k in differing]
             labels[i] = f"{stack} ({', '.join(shown)})" if shown else stack
-    return labels
+    return pd.Series([labels[i] for i in rows.index], index=rows.index, dtype=object)
 
 
 def table_rows(rows: pd.DataFrame, current: dict[str, str] | None = None) -> tuple[pd.DataFrame, str | None]:
@@ -126,7 +131,7 @@ def table_rows(rows: pd.DataFrame, current: dict[str, str] | None = None) -> tup
         from .registry import define_recorded_variants
 
         define_recorded_variants(ok["variants"])
-    ok["protocol"] = [infer_protocol(r) for r in ok.itertuples(index=False)]
+    ok["protocol"] = [infer_protocol(r) for r in ok[["protocol", "top1_new", "extras"]].itertuples(index=False)]
     ok["stack"] = ok["stack"].map({s: _canonical(s) for s in set(ok["stack"])})
     ok["dataset_fingerprint"] = ok["dataset_fingerprint"].fillna("")
     keep = pd.Series(True, index=ok.index)
@@ -204,7 +209,8 @@ def accuracy_tables(rows: pd.DataFrame, shots: int | None = None, metric: str = 
     out = {}
     for k, group in ok.groupby("shots"):
         grouped = group.groupby(["label", "dataset"])[metric]
-        mean = grouped.mean().unstack("dataset").reindex(columns=[d for d in datasets if d in set(group.dataset)])
+        present = set(group.dataset)
+        mean = grouped.mean().unstack("dataset").reindex(columns=[d for d in datasets if d in present])
         std = grouped.std(ddof=0).unstack("dataset").reindex(columns=mean.columns)
         order = _label_order(mean.index)
         mean, std = mean.reindex(order), std.reindex(order)

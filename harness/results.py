@@ -1,7 +1,13 @@
-"""Run folders of one-row Parquet files: ``<results>/<run>/trials/<trial_id>.parquet``.
+"""Run folders of one-row Parquet files: ``<results>/<run>/trials/<trial_id>.parquet`` for a trial that
+finished, ``<trial_id>.failed.parquet`` for one that failed, so that what is done and what failed is one
+listing of ``trials/`` (runs written before failed rows had their own name are renamed once, by the next
+`bench run`; ``<run>/layout.json`` records that a run's names carry the status).
 
 Each trial writes its own file through a temporary name and an atomic rename, so concurrent trials
-never collide and a half-written file is never read (readers skip names starting with '.').
+never collide and a half-written file is never read (readers skip names starting with '.'). The per-trial
+files are the source of truth; ``<run>/compact.parquet`` holds the rows and kept predictions of the files it
+was built from (name, size and modification time of each), so that a report reads a run as one file:
+readers add the files it lacks and write a new one, atomically, whenever the listing shows a change.
 ``results`` may be a local folder or a pyarrow filesystem URI (e.g. ``s3://bucket/bench``). On an
 object store a row is serialised in memory and sent as one PUT of the final key: the store makes the
 object visible only once it is complete, so a failed PUT leaves no row at all, never half of one.
@@ -13,17 +19,18 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
 import os
 import re
 import shutil
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.dataset as pads
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -60,6 +67,39 @@ def schema() -> pa.Schema:
 
     declared = sorted({f for m in methods().values() for f in m.row_fields} - set(BASE_SCHEMA.names))
     return pa.schema([*BASE_SCHEMA, *((f, pa.float64()) for f in declared)])
+
+
+# A trial's test predictions (bench.trial.Predictions): per image of each evaluated set, in split order.
+PREDICTION_SCHEMA = pa.schema([("eval_set", pa.string()), ("index", pa.int32()), ("label", pa.int32()),
+                               ("predicted", pa.int32())])
+FAILED_SUFFIX = ".failed.parquet"  # a failed trial's row file; a finished one's is <trial_id>.parquet
+LAYOUT = "layout.json"  # present when failed rows are named so
+COMPACT = "compact.parquet"
+_COMPACT_KEY = b"bench.compact"
+_SOURCE_COLUMNS = ["source_file", "source_size", "source_mtime_ns"]
+_FILES_PER_GROUP = 1024  # row files per row group of the compacted file
+# kept predictions in the compacted file: the evaluated set's name dictionary-encoded (read back as such)
+_COMPACT_PREDICTIONS = pa.struct([pa.field("eval_set", pa.dictionary(pa.int32(), pa.string())),
+                                  *(f for f in PREDICTION_SCHEMA if f.name != "eval_set")])
+
+
+def _compact_meta() -> dict:
+    return {"version": 2, "columns": schema().names}
+
+
+def compact_schema() -> pa.Schema:
+    """The compacted file's columns: the row schema, the row file each row came from, its kept predictions."""
+    return pa.schema([*schema(), ("source_file", pa.string()), ("source_size", pa.int64()),
+                      ("source_mtime_ns", pa.int64()), ("predictions", pa.list_(_COMPACT_PREDICTIONS))],
+                     metadata={_COMPACT_KEY: json.dumps(_compact_meta()).encode()})
+
+
+def _select(compact: pq.ParquetFile, sources: set[str], columns: list[str]) -> pa.Table:
+    """``columns`` of the compacted rows whose source file is one of ``sources``."""
+    table = compact.read(columns=[*columns, "source_file"])
+    return table.filter(pc.is_in(table["source_file"], pa.array(sorted(sources), pa.string()))).select(columns)
+
+
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -122,6 +162,8 @@ class RunFolder:
             with self.fs.open_output_stream(probe) as out:
                 out.write(b"")
             self.fs.delete_file(probe)
+            if not self._names_carry_status() and not self._row_files():
+                self._record_layout()  # a new run: failed rows get their own name from the start
         except OSError as err:
             raise BenchError(f"results folder {self.location} is not writable ({err.strerror or _first_line(err)}); "
                              "pass --results with a folder you can write to") from None
@@ -155,23 +197,27 @@ class RunFolder:
             handle.write(str(os.getpid()))
             handle.flush()
             if self.is_local:
-                for stale in Path(self.trials).glob(".tmp-*"):
+                for stale in [*Path(self.trials).glob(".tmp-*"), *Path(self.root).glob(".tmp-*")]:
                     stale.unlink(missing_ok=True)
+            self._io("write", self._name_failed_rows)
             try:
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def write_row(self, row: dict[str, Any]) -> None:
-        """Write one trial's row; raises ``RowWriteError`` (one line) when the store refuses it."""
+        """Write one trial's row; raises ``RowWriteError`` (one line) when the store refuses it. The row
+        replaces the trial's earlier one, under either status."""
         row = {"schema_version": SCHEMA_VERSION, **row}
         columns = schema()
         table = pa.Table.from_pylist([{k: row.get(k) for k in columns.names}], schema=columns)
-        final = f"{self.trials}/{row['trial_id']}.parquet"
+        ok = row.get("status") == "ok"
+        final, other = (self._row_path(row["trial_id"], status) for status in (ok, not ok))
         if self.is_local:
             tmp = f"{self.trials}/.tmp-{row['trial_id']}-{uuid.uuid4().hex}.parquet"
             pq.write_table(table, tmp, filesystem=self.fs)
             self.fs.move(tmp, final)  # a rename on local and shared file systems: atomic
+            Path(other).unlink(missing_ok=True)
             return
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink)
@@ -180,8 +226,13 @@ class RunFolder:
         def put() -> None:
             with self.fs.open_output_stream(final) as out:  # buffered until close: one PUT of the whole row
                 out.write(data)
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.delete_file(other)
 
         self._io("write", put, what=f"the row of trial {row['trial_id']}")
+
+    def _row_path(self, trial_id: str, ok: bool) -> str:
+        return f"{self.trials}/{trial_id}{'.parquet' if ok else FAILED_SUFFIX}"
 
     def _io(self, verb: str, action, what: str = "rows"):
         try:
@@ -207,55 +258,227 @@ class RunFolder:
             return None
         return pq.read_table(path, filesystem=self.fs).to_pandas()
 
+    # -- reading a run ------------------------------------------------------------------------------
     def read(self) -> pd.DataFrame:
         """All rows of the run (empty frame with the schema's columns when there are none).
 
-        Row files that cannot be read (cut short by a full disk or a partial copy) are moved aside to
-        ``<run>/unreadable/``, never deleted, and named in one warning line; their trials count as not
-        run, so the next `bench run` redoes them."""
+        Rows come from ``compact.parquet`` where their files are unchanged since it was written, and from
+        their own files otherwise; when those differ, a new compacted file is written (not an error when
+        the location is read-only). A trial with both an ok and a failed row (a writer stopped between
+        writing one and removing the other) counts as ok. Row files that cannot be read (cut short by a full
+        disk or a partial copy) are moved aside to ``<run>/unreadable/``, never deleted, and named in one
+        warning line; their trials count as not run, so the next `bench run` redoes them."""
         if not self.exists():
             return schema().empty_table().to_pandas()
+        rows = self._io("read", self._read_rows).to_pandas()
+        failed_twice = (rows["status"] != "ok") & rows["trial_id"].isin(rows.loc[rows["status"] == "ok", "trial_id"])
+        return rows[~failed_twice].reset_index(drop=True) if failed_twice.any() else rows
+
+    def _row_files(self) -> dict[str, pafs.FileInfo]:
+        """The row files of ``trials/`` by name, from one listing (not temporary or hidden files)."""
+        listed = self.fs.get_file_info(pafs.FileSelector(self.trials, allow_not_found=True))
+        return {f.base_name: f for f in listed
+                if f.type == pafs.FileType.File and not f.base_name.startswith((".", "_"))}
+
+    def _compact(self) -> pq.ParquetFile | None:
+        """The run's compacted file when it is there, whole, and has the current schema's columns."""
+        path = f"{self.root}/{COMPACT}"
         try:
-            return self._io("read", self._table)
+            if self.fs.get_file_info(path).type != pafs.FileType.File:
+                return None
+            compact = pq.ParquetFile(self.fs.open_input_file(path))
         except (pa.ArrowInvalid, OSError):
-            if not self.set_aside_unreadable():
-                raise
-            return self._io("read", self._table)
+            return None
+        meta = (compact.schema_arrow.metadata or {}).get(_COMPACT_KEY)
+        return compact if meta and json.loads(meta) == _compact_meta() else None
 
-    def _table(self) -> pd.DataFrame:
-        dataset = pads.dataset(self.trials, format="parquet", filesystem=self.fs, schema=schema(),
-                               exclude_invalid_files=False)
-        return dataset.to_table().to_pandas()
+    @staticmethod
+    def _sources(compact: pq.ParquetFile | None) -> dict[str, tuple[int, int]]:
+        """Row file name -> (size, modification time in ns) of every file the compacted file holds."""
+        if compact is None:
+            return {}
+        got = compact.read(columns=_SOURCE_COLUMNS)
+        return dict(zip(got["source_file"].to_pylist(),
+                        zip(got["source_size"].to_pylist(), got["source_mtime_ns"].to_pylist())))
 
-    def set_aside_unreadable(self) -> list[str]:
-        """Move row files that do not parse to ``<run>/unreadable/``; return their names."""
+    def _fresh(self, files: dict[str, pafs.FileInfo], sources: dict[str, tuple[int, int]]) -> set[str]:
+        return {name for name, info in files.items() if sources.get(name) == (info.size, info.mtime_ns)}
+
+    def _read_rows(self) -> pa.Table:
+        files, compact = self._row_files(), self._compact()
+        sources = self._sources(compact)
+        fresh = self._fresh(files, sources)
+        new = [files[name] for name in sorted(files) if name not in fresh]
+        kept = _select(compact, fresh, schema().names) if compact is not None else schema().empty_table()
+        if not new and len(fresh) == len(sources):
+            return kept
+        added = self._write_compact(compact, fresh, new)
+        return pa.concat_tables([kept, added]) if added.num_rows else kept
+
+    def _write_compact(self, compact: pq.ParquetFile | None, fresh: set[str], new: list[pafs.FileInfo]) -> pa.Table:
+        """Write a compacted file holding the ``fresh`` rows of the current one and the ``new`` files; return
+        the rows of the new files (what could be read of them, the rest set aside)."""
+        columns = compact_schema()
+        with tempfile.TemporaryDirectory(prefix="bench-compact-") as staging:
+            local = f"{staging}/{COMPACT}"
+            added = []
+            with pq.ParquetWriter(local, columns, compression="zstd") as writer:
+                if compact is not None:
+                    for group in range(compact.num_row_groups):
+                        part = compact.read_row_group(group)
+                        part = part.filter(pc.is_in(part["source_file"], pa.array(sorted(fresh), pa.string())))
+                        if part.num_rows:
+                            writer.write_table(part.cast(columns))
+                kept = self._kept_predictions() if new else set()
+                for start in range(0, len(new), _FILES_PER_GROUP):
+                    part = self._compacted_rows(new[start:start + _FILES_PER_GROUP], kept)
+                    if part.num_rows:
+                        writer.write_table(part)
+                        added.append(part.select(schema().names))
+            try:
+                self._publish(local)
+            except OSError:  # a read-only location: the next reader compacts again
+                pass
+        return pa.concat_tables(added) if added else schema().empty_table()
+
+    def _publish(self, local: str) -> None:
+        """Put the staged compacted file in place in one step: a rename, or one upload of the whole file."""
+        final = f"{self.root}/{COMPACT}"
+        if self.is_local:
+            tmp = f"{self.root}/.tmp-{uuid.uuid4().hex}-{COMPACT}"
+            shutil.copyfile(local, tmp)
+            self.fs.move(tmp, final)
+            return
+        data = Path(local).read_bytes()
+        with self.fs.open_output_stream(final) as out:
+            out.write(data)
+
+    def _kept_predictions(self) -> set[str]:
+        listed = self.fs.get_file_info(pafs.FileSelector(self.predictions, allow_not_found=True))
+        return {f.base_name for f in listed if f.type == pafs.FileType.File and not f.base_name.startswith(".")}
+
+    def _compacted_rows(self, files: list[pafs.FileInfo], kept_predictions: set[str]) -> pa.Table:
+        """The rows of ``files`` with their source and kept predictions (compact_schema); unreadable row
+        files are set aside."""
+        columns, row_columns, tables, torn = compact_schema(), schema(), [], []
+        for info in files:
+            try:
+                rows = pq.read_table(info.path, filesystem=self.fs, schema=row_columns)
+            except (pa.ArrowInvalid, OSError) as error:
+                if not (self.is_local or isinstance(error, pa.ArrowInvalid) or not self._whole(info)):
+                    raise  # a store that does not answer: not a file cut short
+                torn.append(info)
+                continue
+            n = rows.num_rows
+            kept = self._nested_predictions(rows["trial_id"][0].as_py()) \
+                if n == 1 and f"{rows['trial_id'][0].as_py()}.parquet" in kept_predictions else None
+            predictions = kept if kept is not None else pa.nulls(n, columns.field("predictions").type)
+            tables.append(pa.Table.from_arrays(
+                [*rows.columns, pa.array([info.base_name] * n, pa.string()), pa.array([info.size] * n, pa.int64()),
+                 pa.array([info.mtime_ns] * n, pa.int64()), predictions], schema=columns))
+        if torn:
+            self._set_aside(torn)
+        return pa.concat_tables(tables) if tables else columns.empty_table()
+
+    def _nested_predictions(self, trial_id: str) -> pa.ListArray | None:
+        """A trial's kept predictions as one list entry; None when its file cannot be read (the trial's
+        cells then get no interval)."""
+        try:
+            got = pq.read_table(f"{self.predictions}/{trial_id}.parquet", filesystem=self.fs)
+            got = got.select(PREDICTION_SCHEMA.names).cast(PREDICTION_SCHEMA)
+        except (pa.ArrowInvalid, KeyError, OSError):
+            return None
+        values = pa.StructArray.from_arrays([c.combine_chunks().cast(f.type) for c, f in zip(got.columns,
+                                                                                            _COMPACT_PREDICTIONS)],
+                                            fields=list(_COMPACT_PREDICTIONS))
+        return pa.ListArray.from_arrays(pa.array([0, len(values)], pa.int32()), values)
+
+    def prediction_batches(self) -> Iterator[pa.RecordBatch]:
+        """(trial_id, predictions) of the compacted trials whose row files are unchanged, in batches; a
+        trial that kept no predictions has a null list. Trials not in it: :meth:`read_predictions`."""
+        compact = self._io("read", self._compact)
+        if compact is None:
+            return
+        fresh = self._fresh(self._io("read", self._row_files), self._sources(compact))
+        wanted = pa.array(sorted(fresh), pa.string())
+        for batch in compact.iter_batches(batch_size=_FILES_PER_GROUP,
+                                          columns=["trial_id", "source_file", "predictions"]):
+            fresh_rows = pc.is_in(batch.column("source_file"), wanted)
+            if not pc.all(fresh_rows).as_py():  # rows whose files changed since: read from those files
+                batch = batch.filter(fresh_rows)
+            if batch.num_rows:
+                yield batch
+
+    # -- resuming -----------------------------------------------------------------------------------
+    def statuses(self) -> dict[str, bool]:
+        """Trial id -> whether its row is ok, from the file names of one listing of ``trials/``.
+
+        Files the compacted file does not hold as they are now are checked to end as a whole Parquet file
+        does (a footer read each); those cut short are set aside (see :meth:`read`) and their trials count
+        as not run. A run whose failed rows have no name of their own yet is read instead."""
+        if not self._io("read", self._names_carry_status):
+            rows = self.read()
+            return {t: bool(ok) for t, ok in zip(rows["trial_id"], rows["status"] == "ok")}
+        files = self._io("read", self._row_files)
+        sources = self._sources(self._io("read", self._compact))
+        torn = self._io("read", lambda: [info for name, info in files.items()
+                                         if sources.get(name) != (info.size, info.mtime_ns) and not self._whole(info)])
+        if torn:
+            self._io("write", lambda: self._set_aside(torn))
+        out: dict[str, bool] = {}
+        for name in set(files) - {info.base_name for info in torn}:
+            if name.endswith(FAILED_SUFFIX):
+                out.setdefault(name[:-len(FAILED_SUFFIX)], False)
+            else:
+                out[name.removesuffix(".parquet")] = True
+        return out
+
+    def done_ids(self) -> set[str]:
+        return {trial_id for trial_id, ok in self.statuses().items() if ok}
+
+    def failed_ids(self) -> set[str]:
+        return {trial_id for trial_id, ok in self.statuses().items() if not ok}
+
+    def _whole(self, info: pafs.FileInfo) -> bool:
+        """Whether a file ends as a Parquet file does: footer length, then the magic bytes."""
+        if info.size is None or info.size < 12:
+            return False
+        with self.fs.open_input_file(info.path) as handle:  # an OSError here is the store's, not the file's
+            tail = handle.read_at(8, info.size - 8)
+        return tail[4:] == b"PAR1" and int.from_bytes(tail[:4], "little") + 12 <= info.size
+
+    def _names_carry_status(self) -> bool:
+        return self.fs.get_file_info(f"{self.root}/{LAYOUT}").type == pafs.FileType.File
+
+    def _record_layout(self) -> None:
+        with self.fs.open_output_stream(f"{self.root}/{LAYOUT}") as out:
+            out.write(json.dumps({"ok_rows": "<trial_id>.parquet", "failed_rows": f"<trial_id>{FAILED_SUFFIX}"}).encode())
+
+    def _name_failed_rows(self) -> None:
+        """Give the failed rows of a run written before they had a name of their own that name, once."""
+        if self._names_carry_status():
+            return
+        rows = self.read()
+        for trial_id in set(rows.loc[rows["status"] != "ok", "trial_id"]):
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.move(self._row_path(trial_id, True), self._row_path(trial_id, False))
+        self._record_layout()
+
+    def _set_aside(self, torn: list[pafs.FileInfo]) -> list[str]:
+        """Move row files that do not parse to ``<run>/unreadable/``, saying so in one line; their names."""
         from .console import err
 
         moved = []
-        for info in self.fs.get_file_info(pafs.FileSelector(self.trials)):
-            if info.type != pafs.FileType.File or info.base_name.startswith((".", "_")):
-                continue
-            try:
-                with self.fs.open_input_file(info.path) as handle:
-                    pq.read_table(handle)
-            except (pa.ArrowInvalid, OSError):
-                aside = f"{self.root}/unreadable"
-                self.fs.create_dir(aside, recursive=True)
-                self.fs.move(info.path, f"{aside}/{info.base_name}.{uuid.uuid4().hex[:8]}")
-                moved.append(info.base_name)
+        for info in torn:
+            aside = f"{self.root}/unreadable"
+            self.fs.create_dir(aside, recursive=True)
+            self.fs.move(info.path, f"{aside}/{info.base_name}.{uuid.uuid4().hex[:8]}")
+            moved.append(info.base_name)
         if moved:
             err.print(f"warning: {len(moved)} unreadable row files of run '{self.run}' moved to {self.root}/unreadable "
                       f"({', '.join(moved[:3])}{', ...' if len(moved) > 3 else ''}); their trials will run again",
                       highlight=False, soft_wrap=True)
         return moved
-
-    def done_ids(self) -> set[str]:
-        rows = self.read()
-        return set(rows.loc[rows["status"] == "ok", "trial_id"])
-
-    def failed_ids(self) -> set[str]:
-        rows = self.read()
-        return set(rows.loc[rows["status"] != "ok", "trial_id"])
 
 
 class RowWriteError(BenchError):

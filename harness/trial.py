@@ -25,6 +25,7 @@ from .fingerprint import fingerprinted, read_trial_data
 from .models import load_model
 from .plugin import IMAGE_FEATURE_PARTS, config_dict
 from .protocols import get_protocol
+from .results import PREDICTION_SCHEMA
 from .spec import TrialSpec
 
 
@@ -77,8 +78,7 @@ class Predictions:
     ``eval_set`` names the set: ``test`` (the trial's own), ``new`` (base-to-new's new classes) or a
     shift target's dataset name. Kept so that intervals and later analyses need no rerun."""
 
-    SCHEMA = pa.schema([("eval_set", pa.string()), ("index", pa.int32()), ("label", pa.int32()),
-                        ("predicted", pa.int32())])
+    SCHEMA = PREDICTION_SCHEMA
 
     def __init__(self) -> None:
         self.parts: list[pa.Table] = []

@@ -117,3 +117,20 @@ def test_prompt_step_times_every_prompt_learner():
     assert set(out["tiny"]) == {"coop", "prograd", "cocoop"}
     assert all(seconds > 0 for seconds, _ in out["tiny"].values())
     assert [out["tiny"][m][1] for m in ("coop", "prograd", "cocoop")] == [32, 32, 1]
+
+
+def test_report_scale_writes_a_run_and_its_floor(tmp_path):
+    import pyarrow.parquet as pq
+
+    from bench.cli import main
+    from bench.results import RunFolder
+
+    report_scale = load("report_scale")
+    results, floor = tmp_path / "results", tmp_path / "floor"
+    report_scale.write_run(results, 100, log=lambda *a: None)
+    status = RunFolder(results, report_scale.RUN).statuses()
+    assert len(status) == 100 and sorted(status.values()).count(False) == 100 // report_scale.FAILED_EVERY
+    report_scale.write_floor(results, floor)
+    assert pq.read_metadata(floor / "rows.parquet").num_rows == 100
+    assert pq.read_metadata(floor / "predictions.parquet").num_rows == 99 * report_scale.N_IMAGES
+    assert main(["report", "--results", str(results), "--run", report_scale.RUN, "--format", "csv"]) == 0
