@@ -310,6 +310,16 @@ def test_data_check_and_split_work_for_every_layout(tmp_path, capsys):
         assert all(Path(result["image_dir"], r[0]).is_file() for r in result["train"])
 
 
+def test_data_check_exits_non_zero_when_it_reports_an_error(tmp_path, capsys):
+    good = class_folders(tmp_path / "cells")
+    broken = class_folders(tmp_path / "broken")
+    (broken / "red_apple" / "img_000.png").write_bytes(b"not an image")
+    assert main(["data", "check", "--datasets", str(good)]) == 0
+    capsys.readouterr()
+    assert main(["data", "check", "--datasets", f"{good},{broken}"]) == 1
+    assert "1 of 2 ready" in capsys.readouterr().out
+
+
 def test_bench_run_end_to_end_on_own_data(tmp_path):
     entries = [class_folders(tmp_path / "cells"), image_list(tmp_path / "l", "csv"),
                coop_split_folder(tmp_path / "sj")]
