@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import sys
 from enum import Enum
 from pathlib import Path
@@ -66,11 +67,14 @@ def run(
     infer_batch_size: int = typer.Option(100, help="Batch size of the inference-speed measurement."),
 ):
     """Run every trial (dataset x shots x seed x method stack) of a suite; finished trials are skipped."""
+    from .plan import check_names, parse_sets
     from .results import RunFolder
     from .suite import load_suite
 
     spec_suite = load_suite(suite)
-    run_name = run_name or spec_suite.name
+    sets = parse_sets(set_)
+    check_names(spec_suite, methods=_split(methods), datasets=_split(datasets), sets=sets)
+    run_name = run_name or _default_run_name(spec_suite, _split(datasets))
     if address is None and not RunFolder(results, run_name).exists():
         # A new run: its local Ray node starts while torch is imported and the trials are planned. A run
         # resumed may have nothing left to do; Ray starts there only once the plan says so.
@@ -78,12 +82,12 @@ def run(
 
         start_local_ray()
     from .cache import default_cache_dir  # these import torch: after the start above
-    from .plan import parse_int_list, parse_sets, plan_trials
+    from .plan import parse_int_list, plan_trials
     specs = plan_trials(
         spec_suite, run=run_name, results=results, methods=_split(methods), datasets=_split(datasets),
         shots=parse_int_list(shots, "shots") if shots else None,
         seeds=parse_int_list(seeds, "seeds") if seeds else None, model=model, pretrained=pretrained,
-        data_root=data_root, device=device, sets=parse_sets(set_),
+        data_root=data_root, device=device, sets=sets,
         cache_dir=None if no_cache else (cache_dir or default_cache_dir()),
         infer_images=-1 if infer_images is None else infer_images, infer_batch_size=infer_batch_size)
     folder = RunFolder(results, run_name)
@@ -117,6 +121,19 @@ def run(
                  else ""))
     if n_failed or left:
         raise typer.Exit(1)
+
+
+def _default_run_name(suite, datasets: Optional[list[str]]) -> str:
+    """The suite's name; with own data (a path in --datasets) the data's names instead, so that other data
+    never lands in a suite's run and breaks its table."""
+    from .data.catalog import canonical_entry, datasets as registered, get_dataset
+
+    own = [get_dataset(canonical_entry(d)).name for d in datasets or [] if d not in registered()]
+    if not own:
+        return suite.name
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", "-".join(dict.fromkeys(own)))
+    err.print(f"own data: the run is named '{name}' (--run NAME to choose another)", highlight=False)
+    return name
 
 
 def _run_locked(folder, specs, suite, *, retry_failed, address, cpus_per_trial, gpus_per_trial,

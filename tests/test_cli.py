@@ -1,6 +1,9 @@
 """The command line: reports from a run's rows, listings, and one-line errors for mistakes."""
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from bench.cli import main
@@ -70,6 +73,8 @@ def test_report_plot_writes_a_png(run_dir, tmp_path, capsys):
     (["run", "--seeds", "1,a"], "--seeds must be a comma list of integers"),
     (["run", "--set", "zeroshot.lr=1"], "unknown setting 'zeroshot.lr'"),
     (["run", "--set", "lr=1"], "write METHOD.KEY=VALUE"),
+    (["run", "--methods", "mask", "--set", "coop.n_ctx=4"], "'coop' is not in this run, whose methods are mask"),
+    (["run", "--methods", "mask", "--set", "mask.layers=9-12"], "mask.layers=9-12: the image encoder has 4 blocks"),
     (["run", "--model", "ViT-Q-99"], "unknown model 'ViT-Q-99'"),
     (["run", "--device", "tpu"], "--device must be cpu or cuda"),
     (["run", "--run", "../x"], "bad run name"),
@@ -87,6 +92,21 @@ def test_user_mistakes_print_one_line_and_exit_2(argv, fragment, tmp_path, capsy
     assert code == 2
     assert fragment in err and len(err.splitlines()) == 1, err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv", [["--methods", "mak"], ["--datasets", "syn_colr"],
+                                  ["--methods", "zeroshot", "--set", "coop.n_ctx=4"]])
+def test_a_typo_is_answered_before_ray_starts(argv, tmp_path):
+    """Names and --set targets are checked before Ray (and, for names of installed plugins, torch) loads."""
+    ran = subprocess.run([sys.executable, "-X", "importtime", "-m", "bench.cli", "run", "--results", str(tmp_path),
+                          *argv], capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 2
+    errors = [line for line in ran.stderr.splitlines() if not line.startswith("import time:")]
+    assert len(errors) == 1 and errors[0].startswith("error:"), errors
+    imported = {line.rsplit("|", 1)[-1].strip() for line in ran.stderr.splitlines() if line.startswith("import time:")}
+    assert "ray" not in imported
+    if argv[0] != "--methods" or argv[1] != "mak":  # a name no plugin declares: the plugins load to be sure
+        assert "torch" not in imported
 
 
 def test_cuda_without_a_gpu_is_a_user_error(tmp_path, capsys):
