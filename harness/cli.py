@@ -100,7 +100,7 @@ def run(
     rows = every[every.trial_id.isin(ids)]
     n_ok, n_failed = int((rows.status == "ok").sum()), int((rows.status != "ok").sum())
     if report_after and n_ok:
-        _print_report(rows, None, Format.table, std=False, scores=_scores(folder))
+        _print_report(rows, None, Format.table, std=False, scores=_scores(folder), run=run_name)
     others = every[~every["trial_id"].isin(ids) & every["dataset"].isin({s.dataset for s in specs})
                    & every["stack"].isin({s.stack for s in specs})]
     if len(others):
@@ -155,9 +155,12 @@ def _run_locked(folder, specs, suite, *, retry_failed, address, cpus_per_trial, 
         err.print("interrupted: finished trials are kept")
 
 
-def _print_report(rows, shots, fmt: Format, std: bool, compare: Optional[str] = None, scores=None) -> None:
-    for title, header, body, gain, k, mean, metric in _report_tables(rows, shots, std, scores):
+def _print_report(rows, shots, fmt: Format, std: bool, compare: Optional[str] = None, scores=None,
+                  run: str = "") -> None:
+    for title, header, body, gain, footer, k, mean, metric in _report_tables(rows, shots, std, scores, run):
         _emit(title, header, body, gain, fmt)
+        for line in footer:
+            _note(line, fmt)
         if compare:
             _print_comparison(rows, mean, k, fmt, metric)
 
@@ -168,12 +171,19 @@ def _scores(folder):
     return PredictionScores(folder.read_predictions)
 
 
-def _report_tables(rows, shots, std: bool, scores=None):
-    """(title, header, body, gain rows, shots, mean table, metric) per metric and shot count; gain rows carry
-    paired-bootstrap intervals where the trials kept their predictions (``scores``)."""
-    from .intervals import gain_intervals
-    from .report import gain_rows, metrics_of, protocol_tables, table_rows, text_rows
+def _note(line: str, fmt: Format) -> None:
+    """A line of prose beside a table, as a comment where the format has one."""
+    prefix = {Format.csv: "# ", Format.latex: "% "}.get(fmt, "")
+    out.print(prefix + line, markup=False, highlight=False, soft_wrap=True)
 
+
+def _report_tables(rows, shots, std: bool, scores=None, run: str = ""):
+    """(title, header, body, gain rows, footer lines, shots, mean table, metric) per metric and shot count;
+    gain rows carry paired-bootstrap intervals where the trials kept their predictions (``scores``)."""
+    from .intervals import gain_intervals
+    from .report import gain_rows, metrics_of, protocol_tables, table_footer, table_rows, text_rows
+
+    every = rows
     rows, note = table_rows(rows)
     if note:
         err.print(f"note: {note}", highlight=False, soft_wrap=True)
@@ -187,7 +197,8 @@ def _report_tables(rows, shots, std: bool, scores=None):
             title = f"{k}-shot {caption}, mean over seeds"
             if ci is not None and ci.notna().any().any():
                 title += "; gains [95% paired-bootstrap interval], * = excludes 0"
-            yield (title, *text_rows(mean, sd if std else None, gains, ci), k, mean, metric)
+            footer = table_footer(every, rows, mean, k, run)
+            yield (title, *text_rows(mean, sd if std else None, gains, ci), footer, k, mean, metric)
 
 
 # datasets per block of a compared table on the terminal: 1 + 3 x 4 columns fit 200 characters uncut
@@ -250,15 +261,19 @@ def report(
 ):
     """Paper-style tables of a run: mean over seeds per stack and dataset, Average, gain rows."""
     from .report import errors_table, load_rows
-    from .results import RunFolder, latest_run
+    from .results import RunFolder, latest_run, list_runs
 
+    which = ""
     if run_name is None:
         run_name = latest_run(results)
         if run_name is None:
             raise BenchError(f"no runs under {results}; run `bench run` first or pass --results")
+        which = f" (latest of {len(list_runs(results))}; --run NAME)"
     if compare not in (None, "paper"):
         raise BenchError(f"--compare takes 'paper', got '{compare}'")
     rows = load_rows(results, run_name)
+    (out if fmt in (Format.table, Format.markdown) else err).print(f"run '{run_name}'{which}", markup=False,
+                                                                   highlight=False)
     if errors:
         bad = errors_table(rows)
         table = Table(title=f"failed trials of {run_name}: {len(bad)}", title_justify="left")
@@ -272,7 +287,7 @@ def report(
         raise BenchError(f"run '{run_name}' has no successful trials; see `bench report --run {run_name} --errors`")
     folder = RunFolder(results, run_name)
     scores = _scores(folder)
-    _print_report(rows, shots, fmt, std, compare, scores)
+    _print_report(rows, shots, fmt, std, compare, scores, run_name)
     if plot or html_path:
         _write_figures_and_html(rows, folder, scores, shots, std, plot, html_path)
 
@@ -291,7 +306,7 @@ def _write_figures_and_html(rows, folder, scores, shots, std: bool, plot: Option
     for path in save_figures(figures, plot) if plot else []:
         err.print(f"wrote {path}")
     if html_path:
-        tables = [t[:4] for t in _report_tables(rows, shots, std, scores)]
+        tables = [t[:5] for t in _report_tables(rows, shots, std, scores, folder.run)]
         err.print(f"wrote {write_html(html_path, html_document(folder.run, tables, figures, rows, errors_table(rows)))}")
 
 

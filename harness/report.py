@@ -205,7 +205,7 @@ def accuracy_tables(rows: pd.DataFrame, shots: int | None = None, metric: str = 
     for k, group in ok.groupby("shots"):
         grouped = group.groupby(["label", "dataset"])[metric]
         mean = grouped.mean().unstack("dataset").reindex(columns=[d for d in datasets if d in set(group.dataset)])
-        std = grouped.std(ddof=0).unstack("dataset").reindex(columns=mean.columns)
+        std = grouped.std(ddof=0).where(grouped.count() > 1).unstack("dataset").reindex(columns=mean.columns)
         order = _label_order(mean.index)
         mean, std = mean.reindex(order), std.reindex(order)
         mean["Average"] = mean.mean(axis=1, skipna=False)
@@ -407,6 +407,34 @@ def rich_table(title: str, header: list, body: list, gain: list):
         for r in gain:
             table.add_row(*r, style="dim")
     return table
+
+
+def table_footer(rows: pd.DataFrame, shown: pd.DataFrame, mean: pd.DataFrame, shots: int, run: str) -> list[str]:
+    """The lines under a table: what it is missing and why (failed trials, cells no trial filled) and any
+    stack whose masks switched nothing off. ``rows``: the run's rows, failed ones too; ``shown``: what
+    :func:`table_rows` kept of them (with labels); ``mean``: the table at ``shots``."""
+    lines = []
+    bad = rows[(rows["status"] != "ok") & (rows["shots"] == shots)]
+    for (stack, dataset), group in bad.groupby(["stack", "dataset"], sort=False):
+        error = next((line for line in str(group["error"].iloc[0]).splitlines() if line.strip()), "no error recorded")
+        seeds = ", ".join(map(str, sorted(group["seed"])))
+        lines.append(f"missing: {stack} on {dataset} (seed {seeds}) failed: {error[:200]}")
+    if len(bad):
+        lines.append(f"`bench report --run {run} --errors` lists the errors; `bench run` with --retry-failed "
+                     "reruns those trials")
+    failed = set(zip(bad["stack"], bad["dataset"]))
+    for dataset in [c for c in mean.columns if c != "Average"]:
+        empty = [label for label in mean.index if mean.at[label, dataset] != mean.at[label, dataset]
+                 and (label.partition(" (")[0], dataset) not in failed]
+        if empty:
+            lines.append(f"missing: {dataset} for {', '.join(empty)}: no trial of theirs ran on it in this run")
+    at_k = shown[shown["shots"] == shots]
+    if "mask_sparsity" in at_k:
+        for label, group in at_k.dropna(subset=["mask_sparsity"]).groupby("label", sort=False):
+            if (group["mask_sparsity"] == 0).all():
+                lines.append(f"{label}: its masks switched nothing off in any of its {len(group)} trials "
+                             "(mask_sparsity 0): identical to its base")
+    return lines
 
 
 def errors_table(rows: pd.DataFrame) -> list[list[str]]:

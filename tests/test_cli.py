@@ -129,3 +129,28 @@ def test_report_on_a_run_without_rows(tmp_path, capsys):
 def test_list(kind, expect, capsys):
     assert main(["list", kind]) == 0
     assert expect in capsys.readouterr().out
+
+
+def test_report_names_its_run_and_says_under_each_table_what_is_missing(run_dir, capsys):
+    assert main(["report", "--results", str(run_dir), "--shots", "16", "--std", "--format", "markdown"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("run 'demo' (latest of 1; --run NAME)")
+    assert "| coop | 90.00 | 90.00 |" in text  # one seed: no "± 0.00"
+    assert "missing: coop on syn_shape (seed 1) failed: ValueError: broken image" in text
+    assert "`bench report --run demo --errors`" in text
+    assert main(["report", "--results", str(run_dir), "--run", "demo", "--shots", "4"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("run 'demo'\n") and "missing" not in text
+
+
+def test_report_flags_masks_that_switched_nothing_off(tmp_path, capsys):
+    folder = RunFolder(tmp_path, "abl")
+    folder.ensure()
+    for i, (stack, sparsity, top1) in enumerate([("zeroshot", None, 50.0), ("mask", 0.0, 50.0), ("amt", 3.5, 55.0)]):
+        folder.write_row({"trial_id": f"t{i}", "run": "abl", "suite": "synthetic_ablation", "stack": stack,
+                          "dataset": "syn_colour", "shots": 2, "seed": 1, "top1": top1, "status": "ok",
+                          "model": "tiny", "mask_sparsity": sparsity})
+    assert main(["report", "--results", str(tmp_path), "--run", "abl", "--format", "markdown"]) == 0
+    flagged = [line for line in capsys.readouterr().out.splitlines() if "identical to its base" in line]
+    assert flagged == ["mask: its masks switched nothing off in any of its 1 trials (mask_sparsity 0): "
+                       "identical to its base"]
