@@ -237,10 +237,11 @@ def _print_comparison(rows, mean, shots: int, fmt: Format, metric: str = "top1")
 
 
 def _emit(title: str, header: list, body: list, gain: list, fmt: Format) -> None:
-    from .report import render, rich_table
+    from .report import render, rich_tables
 
     if fmt == Format.table:
-        out.print(rich_table(title, header, body, gain))
+        for table in rich_tables(title, header, body, gain, out):
+            out.print(table)
     else:
         out.print(render(title, header, body, gain, fmt.value), end="", markup=False, highlight=False,
                   soft_wrap=True)

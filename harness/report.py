@@ -186,7 +186,8 @@ def _label_order(labels) -> list[str]:
         plugin = _plugin(stack)
         rank = (0 if getattr(plugin, "gain_baseline", False) else 1 if getattr(plugin, "reference", False)
                 else 2 if not base else 3)
-        return rank, base, stacked, variant
+        of = getattr(plugin, "variant_of", None)  # a method's named variants after it, by name
+        return rank, base, stacked, of or stack, of is not None, stack, variant
 
     return sorted(set(labels), key=key)
 
@@ -398,8 +399,12 @@ def rich_table(title: str, header: list, body: list, gain: list):
     from rich.table import Table
 
     table = Table(title=title, title_justify="left")
+    labels = [str(r[0]) for r in body + gain] + [str(header[0])]
     for i, name in enumerate(header):
-        table.add_column(name, justify="left" if i == 0 else "right", style="bold" if name == "Average" else None)
+        if i == 0:  # labels are never cut or folded: two rows can differ only at their end
+            table.add_column(name, justify="left", no_wrap=True, min_width=max(map(len, labels)))
+        else:
+            table.add_column(name, justify="right", no_wrap=True, style="bold" if name == "Average" else None)
     for r in body:
         table.add_row(*r)
     if gain:
@@ -407,6 +412,41 @@ def rich_table(title: str, header: list, body: list, gain: list):
         for r in gain:
             table.add_row(*r, style="dim")
     return table
+
+
+def rich_tables(title: str, header: list, body: list, gain: list, console) -> list:
+    """The table as one rich table when it fits ``console``'s width; else the accuracies and the gains as
+    separate tables, each split into blocks of columns (the label column repeated) that fit."""
+    from rich.measure import Measurement
+
+    unbounded = console.options.update(max_width=1_000_000)
+
+    def fits(table) -> bool:
+        return Measurement.get(console, unbounded, table).maximum <= console.width
+
+    whole = rich_table(title, header, body, gain)
+    if fits(whole):
+        return [whole]
+    head, _, tail = title.partition("; ")
+    parts = [(head, body, [])] + ([(f"{head.partition(',')[0]}: {tail or 'gains'}", [], gain)] if gain else [])
+    out = []
+    for part_title, part_body, part_gain in parts:
+        blocks, start = [], 1
+        while start < len(header):
+            end = start + 1
+            while end < len(header) and fits(rich_table(part_title, [header[0], *header[start:end + 1]],
+                                                        *_cut(part_body, part_gain, start, end + 1))):
+                end += 1
+            blocks.append((start, end))
+            start = end
+        for n, (a, b) in enumerate(blocks, 1):
+            shown = part_title + (f" ({n}/{len(blocks)})" if len(blocks) > 1 else "")
+            out.append(rich_table(shown, [header[0], *header[a:b]], *_cut(part_body, part_gain, a, b)))
+    return out
+
+
+def _cut(body: list, gain: list, start: int, end: int) -> tuple[list, list]:
+    return [[r[0], *r[start:end]] for r in body], [[r[0], *r[start:end]] for r in gain]
 
 
 def table_footer(rows: pd.DataFrame, shown: pd.DataFrame, mean: pd.DataFrame, shots: int, run: str) -> list[str]:

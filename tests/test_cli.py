@@ -1,6 +1,7 @@
 """The command line: reports from a run's rows, listings, and one-line errors for mistakes."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -154,3 +155,21 @@ def test_report_flags_masks_that_switched_nothing_off(tmp_path, capsys):
     flagged = [line for line in capsys.readouterr().out.splitlines() if "identical to its base" in line]
     assert flagged == ["mask: its masks switched nothing off in any of its 1 trials (mask_sparsity 0): "
                        "identical to its base"]
+
+
+def test_piped_report_takes_its_width_from_columns_and_never_cuts_labels(tmp_path):
+    folder = RunFolder(tmp_path, "wide")
+    folder.ensure()
+    datasets = ["syn_colour", "syn_texture", "syn_colourtexture", "syn_noisycolour", "syn_warmlight", "syn_novel"]
+    for i, (stack, dataset) in enumerate((s, d) for s in ("zeroshot", "tip_adapter_f", "tip_adapter_f+mask")
+                                         for d in datasets):
+        folder.write_row({"trial_id": f"t{i}", "run": "wide", "suite": "synthetic", "stack": stack, "dataset": dataset,
+                          "shots": 16, "seed": 1, "top1": 50.0 + i, "status": "ok", "model": "tiny"})
+
+    ran = subprocess.run([sys.executable, "-m", "bench.cli", "report", "--results", str(tmp_path)],
+                         capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "80"})
+    assert ran.returncode == 0, ran.stderr
+    lines = ran.stdout.splitlines()
+    assert max(map(len, lines)) <= 80  # piped output: 200 columns unless COLUMNS says otherwise
+    assert sum("tip_adapter_f+mask vs tip_adapter_f " in line for line in lines) >= 2  # whole, in every block
+    assert not any("…" in line for line in lines)
