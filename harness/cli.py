@@ -172,9 +172,10 @@ def _scores(folder):
 
 
 def _note(line: str, fmt: Format) -> None:
-    """A line of prose beside a table, as a comment where the format has one."""
-    prefix = {Format.csv: "# ", Format.latex: "% "}.get(fmt, "")
-    out.print(prefix + line, markup=False, highlight=False, soft_wrap=True)
+    """A line of prose beside a table: with it on the terminal and in markdown, on stderr beside the data
+    formats (csv, latex)."""
+    (out if fmt in (Format.table, Format.markdown) else err).print(line, markup=False, highlight=False,
+                                                                   soft_wrap=True)
 
 
 def _report_tables(rows, shots, std: bool, scores=None, run: str = ""):
@@ -273,8 +274,7 @@ def report(
     if compare not in (None, "paper"):
         raise BenchError(f"--compare takes 'paper', got '{compare}'")
     rows = load_rows(results, run_name)
-    (out if fmt in (Format.table, Format.markdown) else err).print(f"run '{run_name}'{which}", markup=False,
-                                                                   highlight=False)
+    _note(f"run '{run_name}'{which}", fmt)
     if errors:
         bad = errors_table(rows)
         table = Table(title=f"failed trials of {run_name}: {len(bad)}", title_justify="left")
@@ -313,15 +313,21 @@ def _write_figures_and_html(rows, folder, scores, shots, std: bool, plot: Option
 
 @app.command("list")
 def list_(what: Kind = typer.Argument(..., help="methods, suites, datasets or models"),
+          name: Optional[str] = typer.Argument(None, help="methods: one method's settings, one per line."),
           suite: Optional[str] = typer.Option(None, help="methods: also list the variants this suite defines.")):
     """What is installed, with one-line descriptions."""
+    from rich.markup import escape
+
     if what == Kind.methods:
-        from .registry import broken_plugins, methods
+        from .registry import broken_plugins, get_method, methods
 
         if suite:
             from .suite import load_suite
 
             load_suite(suite)
+        if name:
+            _show_method(get_method(name))
+            return
         table = Table("method", "parts it changes", "description", "hyper-parameters (defaults)", "trains")
         for name, m in sorted(methods().items()):
             params = ", ".join(f"{f.name}={_default(f)}" for f in dataclasses.fields(m.Config))
@@ -332,8 +338,9 @@ def list_(what: Kind = typer.Argument(..., help="methods, suites, datasets or mo
                           m.trains or "-")
         for name, why in broken_plugins().items():
             table.add_row(name, "-", f"[red]failed to load: {why}[/]", "-", "-")
-        table.caption = "a variant is a method under its own name with settings of its own; suite files add " \
-                        "theirs in a [variants] table (`bench list methods --suite FILE` shows them)"
+        table.caption = escape("a variant is a method under its own name with settings of its own; suite files "
+                               "add theirs in a [variants] table (`bench list methods --suite FILE` shows them); "
+                               "`bench list methods NAME` shows one method's settings")
     elif what == Kind.suites:
         from .suite import builtin_suites, load_suite
 
@@ -359,11 +366,24 @@ def list_(what: Kind = typer.Argument(..., help="methods, suites, datasets or mo
         for m in MODELS.values():
             table.add_row(m.name, m.description, m.default_pretrained)
         table.caption = "any other open_clip model name works as well (open_clip.list_models())"
+    for column in table.columns:  # cells fold onto more lines rather than lose their end
+        column.overflow = "fold"
     out.print(table)
 
 
+def _show_method(method) -> None:
+    """One method: what it is, the parts it changes, and each setting with its default on a line of its own."""
+    lines = [method.name + (f" (variant of {method.variant_of})" if method.variant_of else ""), method.description,
+             f"changes: {', '.join(p.label for p in sorted(method.changes)) or '-'}", f"trains: {method.trains or '-'}",
+             "settings (--set " + method.name + ".KEY=VALUE), defaults:"]
+    config = method.make_config("", 1)
+    lines += [f"  {f.name} = {_shown(getattr(config, f.name))}" for f in dataclasses.fields(method.Config)]
+    for line in lines:
+        out.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
 def _shown(value) -> str:
-    return str(value).lower() if isinstance(value, bool) else str(value)
+    return str(value).lower() if isinstance(value, bool) else (str(value) if value != "" else '""')
 
 
 def _default(field: dataclasses.Field):

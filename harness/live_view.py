@@ -76,6 +76,18 @@ class RunProgress(Progress):
             self.console.print(f"trial {trial_id[:8]} {trial.label} on {trial.node or '?'}: {message}",
                                highlight=False, soft_wrap=True)
 
+    def trial_finished(self, trial_id: str, spec: TrialSpec, top1: float | None = None,
+                       error: str | None = None) -> None:
+        """One line as a trial's row is written: its error (always: failures are seen as they happen), or,
+        where nothing is redrawn (a pipe, a log), its top-1."""
+        label = f"trial {trial_id[:8]} {spec.dataset} {spec.shots}-shot seed {spec.seed} {spec.stack}"
+        if error:
+            first = next((line for line in error.splitlines() if line.strip()), error)
+            self.console.print(Text(f"{label} failed: {first[:300]}", style="red"), soft_wrap=True)
+        elif not self.redraws:
+            shown = f"top-1 {top1:.2f}" if isinstance(top1, (int, float)) and top1 == top1 else "done"
+            self.console.print(f"{label}: {shown}", highlight=False, soft_wrap=True, markup=False)
+
     def trial_ended(self, trial_id: str) -> None:
         with self._running_lock:
             self.running.pop(trial_id, None)

@@ -132,6 +132,15 @@ def test_list(kind, expect, capsys):
     assert expect in capsys.readouterr().out
 
 
+def test_list_one_method_shows_each_setting_on_a_line_and_the_caption_keeps_its_brackets(capsys):
+    assert main(["list", "methods", "amt"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "amt (variant of mask)" and "  gdr = false" in lines and "  lr = 8e-05" in lines
+    assert main(["list", "methods"]) == 0
+    assert "[variants]" in " ".join(capsys.readouterr().out.split())
+    assert main(["list", "methods", "mak"]) == 2
+
+
 def test_report_names_its_run_and_says_under_each_table_what_is_missing(run_dir, capsys):
     assert main(["report", "--results", str(run_dir), "--shots", "16", "--std", "--format", "markdown"]) == 0
     text = capsys.readouterr().out
