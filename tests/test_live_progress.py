@@ -109,3 +109,17 @@ def test_each_finished_trial_gets_a_line_in_a_log_and_each_failure_one_everywher
     failed = "trial 01234567 syn_novel 4-shot seed 2 mask failed: RuntimeError: optimizer got an empty parameter list"
     assert plain.getvalue().splitlines() == ["trial abcdef01 syn_colour 4-shot seed 2 mask: top-1 81.25", failed]
     assert screen.getvalue().splitlines() == [failed]  # the live view shows its trials itself
+
+
+def test_the_eta_holds_between_trials_that_end_minutes_apart():
+    now = [0.0]
+    view = RunProgress(Console(file=io.StringIO(), force_terminal=False), clock=lambda: now[0])
+    task = view.add_task("run", total=10, failed=0)
+    eta = next(c for c in view.columns if type(c).__name__ == "RunEtaColumn")
+    shown = []
+    for minute in range(1, 7):  # a trial ends every 2 minutes; the ETA is read in between too
+        now[0] = minute * 60.0
+        if minute % 2 == 0:
+            view.update(task, advance=1)
+        shown.append(str(eta.render(view.tasks[0])))
+    assert shown == ["-:--:--", "18:00", "17:00", "16:00", "15:00", "14:00"]  # counts down at 2 min a trial
