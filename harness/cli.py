@@ -212,7 +212,13 @@ def _print_comparison(rows, mean, shots: int, fmt: Format, metric: str = "top1")
     other formats one complete table."""
     from .report import comparison_rows, paper_comparisons
 
+    from .published import load_published
+
     what = "" if metric == "top1" else f" {metric}"
+    unpublished = [d for d in mean.columns if d != "Average" and d not in set(load_published()["dataset"])]
+    if unpublished:
+        out.print(f"{shots}-shot: no published numbers exist for {', '.join(unpublished)} (not a dataset of the "
+                  "papers: bench's generated data or your own)", markup=False, highlight=False, soft_wrap=True)
     for comparison in paper_comparisons(rows, mean, shots, metric):
         title = f"{shots}-shot{what}: this run vs published ({comparison.backbone or 'no published model'})"
         table = comparison.table
@@ -229,7 +235,10 @@ def _print_comparison(rows, mean, shots: int, fmt: Format, metric: str = "top1")
         else:
             _emit(title, *comparison_rows(comparison, has_paper), [], fmt)
         lines = [f"paper: {n}" for n in comparison.notes] if has_paper else []
-        lines += [f"no paper value for {label}: {why}" for label, why in comparison.no_paper.items()]
+        by_reason: dict[str, list[str]] = {}
+        for label, why in comparison.no_paper.items():
+            by_reason.setdefault(why, []).append(label)
+        lines += [f"no paper value for {', '.join(labels)}: {why}" for why, labels in by_reason.items()]
         for line in lines:
             out.print(("# " if fmt == Format.csv else "") + line, markup=False, highlight=False,
                       soft_wrap=fmt != Format.table)

@@ -182,3 +182,11 @@ def test_piped_report_takes_its_width_from_columns_and_never_cuts_labels(tmp_pat
     assert max(map(len, lines)) <= 80  # piped output: 200 columns unless COLUMNS says otherwise
     assert sum("tip_adapter_f+mask vs tip_adapter_f " in line for line in lines) >= 2  # whole, in every block
     assert not any("…" in line for line in lines)
+
+
+def test_compare_paper_says_each_reason_once_and_that_generated_data_has_no_published_numbers(run_dir, capsys):
+    assert main(["report", "--results", str(run_dir), "--run", "demo", "--shots", "4", "--compare", "paper"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "4-shot: no published numbers exist for syn_colour, syn_shape" in "\n".join(lines)
+    reasons = [line for line in lines if line.startswith("no paper value for")]
+    assert len(reasons) == 1 and all(s in reasons[0] for s in ("zeroshot", "coop", "coop+mask")), reasons
