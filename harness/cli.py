@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import sys
 from enum import Enum
 from pathlib import Path
@@ -66,11 +67,14 @@ def run(
     infer_batch_size: int = typer.Option(100, help="Batch size of the inference-speed measurement."),
 ):
     """Run every trial (dataset x shots x seed x method stack) of a suite; finished trials are skipped."""
+    from .plan import check_names, parse_sets
     from .results import RunFolder
     from .suite import load_suite
 
     spec_suite = load_suite(suite)
-    run_name = run_name or spec_suite.name
+    sets = parse_sets(set_)
+    check_names(spec_suite, methods=_split(methods), datasets=_split(datasets), sets=sets)
+    run_name = run_name or _default_run_name(spec_suite, _split(datasets))
     if address is None and not RunFolder(results, run_name).exists():
         # A new run: its local Ray node starts while torch is imported and the trials are planned. A run
         # resumed may have nothing left to do; Ray starts there only once the plan says so.
@@ -78,12 +82,12 @@ def run(
 
         start_local_ray()
     from .cache import default_cache_dir  # these import torch: after the start above
-    from .plan import parse_int_list, parse_sets, plan_trials
+    from .plan import parse_int_list, plan_trials
     specs = plan_trials(
         spec_suite, run=run_name, results=results, methods=_split(methods), datasets=_split(datasets),
         shots=parse_int_list(shots, "shots") if shots else None,
         seeds=parse_int_list(seeds, "seeds") if seeds else None, model=model, pretrained=pretrained,
-        data_root=data_root, device=device, sets=parse_sets(set_),
+        data_root=data_root, device=device, sets=sets,
         cache_dir=None if no_cache else (cache_dir or default_cache_dir()),
         infer_images=-1 if infer_images is None else infer_images, infer_batch_size=infer_batch_size)
     folder = RunFolder(results, run_name)
@@ -96,7 +100,7 @@ def run(
     rows = every[every.trial_id.isin(ids)]
     n_ok, n_failed = int((rows.status == "ok").sum()), int((rows.status != "ok").sum())
     if report_after and n_ok:
-        _print_report(rows, None, Format.table, std=False, scores=_scores(folder))
+        _print_report(rows, None, Format.table, std=False, scores=_scores(folder), run=run_name)
     others = every[~every["trial_id"].isin(ids) & every["dataset"].isin({s.dataset for s in specs})
                    & every["stack"].isin({s.stack for s in specs})]
     if len(others):
@@ -119,6 +123,19 @@ def run(
         raise typer.Exit(1)
 
 
+def _default_run_name(suite, datasets: Optional[list[str]]) -> str:
+    """The suite's name; with own data (a path in --datasets) the data's names instead, so that other data
+    never lands in a suite's run and breaks its table."""
+    from .data.catalog import canonical_entry, datasets as registered, get_dataset
+
+    own = [get_dataset(canonical_entry(d)).name for d in datasets or [] if d not in registered()]
+    if not own:
+        return suite.name
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", "-".join(dict.fromkeys(own)))
+    err.print(f"own data: the run is named '{name}' (--run NAME to choose another)", highlight=False)
+    return name
+
+
 def _run_locked(folder, specs, suite, *, retry_failed, address, cpus_per_trial, gpus_per_trial,
                 max_concurrent) -> None:
     status = folder.statuses()  # trial id -> ok: one listing of the run
@@ -138,9 +155,12 @@ def _run_locked(folder, specs, suite, *, retry_failed, address, cpus_per_trial, 
         err.print("interrupted: finished trials are kept")
 
 
-def _print_report(rows, shots, fmt: Format, std: bool, compare: Optional[str] = None, scores=None) -> None:
-    for title, header, body, gain, k, mean, metric in _report_tables(rows, shots, std, scores):
+def _print_report(rows, shots, fmt: Format, std: bool, compare: Optional[str] = None, scores=None,
+                  run: str = "") -> None:
+    for title, header, body, gain, footer, k, mean, metric in _report_tables(rows, shots, std, scores, run):
         _emit(title, header, body, gain, fmt)
+        for line in footer:
+            _note(line, fmt)
         if compare:
             _print_comparison(rows, mean, k, fmt, metric)
 
@@ -151,12 +171,20 @@ def _scores(folder):
     return PredictionScores(folder.read_predictions, folder.prediction_batches)
 
 
-def _report_tables(rows, shots, std: bool, scores=None):
-    """(title, header, body, gain rows, shots, mean table, metric) per metric and shot count; gain rows carry
-    paired-bootstrap intervals where the trials kept their predictions (``scores``)."""
-    from .intervals import gain_intervals
-    from .report import gain_rows, metrics_of, protocol_tables, table_rows, text_rows
+def _note(line: str, fmt: Format) -> None:
+    """A line of prose beside a table: with it on the terminal and in markdown, on stderr beside the data
+    formats (csv, latex)."""
+    (out if fmt in (Format.table, Format.markdown) else err).print(line, markup=False, highlight=False,
+                                                                   soft_wrap=True)
 
+
+def _report_tables(rows, shots, std: bool, scores=None, run: str = ""):
+    """(title, header, body, gain rows, footer lines, shots, mean table, metric) per metric and shot count;
+    gain rows carry paired-bootstrap intervals where the trials kept their predictions (``scores``)."""
+    from .intervals import gain_intervals
+    from .report import gain_rows, metrics_of, protocol_tables, table_footer, table_rows, text_rows
+
+    every = rows
     rows, note = table_rows(rows)
     if note:
         err.print(f"note: {note}", highlight=False, soft_wrap=True)
@@ -170,7 +198,8 @@ def _report_tables(rows, shots, std: bool, scores=None):
             title = f"{k}-shot {caption}, mean over seeds"
             if ci is not None and ci.notna().any().any():
                 title += "; gains [95% paired-bootstrap interval], * = excludes 0"
-            yield (title, *text_rows(mean, sd if std else None, gains, ci), k, mean, metric)
+            footer = table_footer(every, rows, mean, k, run)
+            yield (title, *text_rows(mean, sd if std else None, gains, ci), footer, k, mean, metric)
 
 
 # datasets per block of a compared table on the terminal: 1 + 3 x 4 columns fit 200 characters uncut
@@ -183,7 +212,13 @@ def _print_comparison(rows, mean, shots: int, fmt: Format, metric: str = "top1")
     other formats one complete table."""
     from .report import comparison_rows, paper_comparisons
 
+    from .published import load_published
+
     what = "" if metric == "top1" else f" {metric}"
+    unpublished = [d for d in mean.columns if d != "Average" and d not in set(load_published()["dataset"])]
+    if unpublished:
+        out.print(f"{shots}-shot: no published numbers exist for {', '.join(unpublished)} (not a dataset of the "
+                  "papers: bench's generated data or your own)", markup=False, highlight=False, soft_wrap=True)
     for comparison in paper_comparisons(rows, mean, shots, metric):
         title = f"{shots}-shot{what}: this run vs published ({comparison.backbone or 'no published model'})"
         table = comparison.table
@@ -200,7 +235,10 @@ def _print_comparison(rows, mean, shots: int, fmt: Format, metric: str = "top1")
         else:
             _emit(title, *comparison_rows(comparison, has_paper), [], fmt)
         lines = [f"paper: {n}" for n in comparison.notes] if has_paper else []
-        lines += [f"no paper value for {label}: {why}" for label, why in comparison.no_paper.items()]
+        by_reason: dict[str, list[str]] = {}
+        for label, why in comparison.no_paper.items():
+            by_reason.setdefault(why, []).append(label)
+        lines += [f"no paper value for {', '.join(labels)}: {why}" for why, labels in by_reason.items()]
         for line in lines:
             out.print(("# " if fmt == Format.csv else "") + line, markup=False, highlight=False,
                       soft_wrap=fmt != Format.table)
@@ -209,10 +247,11 @@ def _print_comparison(rows, mean, shots: int, fmt: Format, metric: str = "top1")
 
 
 def _emit(title: str, header: list, body: list, gain: list, fmt: Format) -> None:
-    from .report import render, rich_table
+    from .report import render, rich_tables
 
     if fmt == Format.table:
-        out.print(rich_table(title, header, body, gain))
+        for table in rich_tables(title, header, body, gain, out):
+            out.print(table)
     else:
         out.print(render(title, header, body, gain, fmt.value), end="", markup=False, highlight=False,
                   soft_wrap=True)
@@ -233,15 +272,18 @@ def report(
 ):
     """Paper-style tables of a run: mean over seeds per stack and dataset, Average, gain rows."""
     from .report import errors_table, load_rows
-    from .results import RunFolder, latest_run
+    from .results import RunFolder, latest_run, list_runs
 
+    which = ""
     if run_name is None:
         run_name = latest_run(results)
         if run_name is None:
             raise BenchError(f"no runs under {results}; run `bench run` first or pass --results")
+        which = f" (latest of {len(list_runs(results))}; --run NAME)"
     if compare not in (None, "paper"):
         raise BenchError(f"--compare takes 'paper', got '{compare}'")
     rows = load_rows(results, run_name)
+    _note(f"run '{run_name}'{which}", fmt)
     if errors:
         bad = errors_table(rows)
         table = Table(title=f"failed trials of {run_name}: {len(bad)}", title_justify="left")
@@ -255,7 +297,7 @@ def report(
         raise BenchError(f"run '{run_name}' has no successful trials; see `bench report --run {run_name} --errors`")
     folder = RunFolder(results, run_name)
     scores = _scores(folder)
-    _print_report(rows, shots, fmt, std, compare, scores)
+    _print_report(rows, shots, fmt, std, compare, scores, run_name)
     if plot or html_path:
         _write_figures_and_html(rows, folder, scores, shots, std, plot, html_path)
 
@@ -274,21 +316,27 @@ def _write_figures_and_html(rows, folder, scores, shots, std: bool, plot: Option
     for path in save_figures(figures, plot) if plot else []:
         err.print(f"wrote {path}")
     if html_path:
-        tables = [t[:4] for t in _report_tables(rows, shots, std, scores)]
+        tables = [t[:5] for t in _report_tables(rows, shots, std, scores, folder.run)]
         err.print(f"wrote {write_html(html_path, html_document(folder.run, tables, figures, rows, errors_table(rows)))}")
 
 
 @app.command("list")
 def list_(what: Kind = typer.Argument(..., help="methods, suites, datasets or models"),
+          name: Optional[str] = typer.Argument(None, help="methods: one method's settings, one per line."),
           suite: Optional[str] = typer.Option(None, help="methods: also list the variants this suite defines.")):
     """What is installed, with one-line descriptions."""
+    from rich.markup import escape
+
     if what == Kind.methods:
-        from .registry import broken_plugins, methods
+        from .registry import broken_plugins, get_method, methods
 
         if suite:
             from .suite import load_suite
 
             load_suite(suite)
+        if name:
+            _show_method(get_method(name))
+            return
         table = Table("method", "parts it changes", "description", "hyper-parameters (defaults)", "trains")
         for name, m in sorted(methods().items()):
             params = ", ".join(f"{f.name}={_default(f)}" for f in dataclasses.fields(m.Config))
@@ -299,8 +347,9 @@ def list_(what: Kind = typer.Argument(..., help="methods, suites, datasets or mo
                           m.trains or "-")
         for name, why in broken_plugins().items():
             table.add_row(name, "-", f"[red]failed to load: {why}[/]", "-", "-")
-        table.caption = "a variant is a method under its own name with settings of its own; suite files add " \
-                        "theirs in a [variants] table (`bench list methods --suite FILE` shows them)"
+        table.caption = escape("a variant is a method under its own name with settings of its own; suite files "
+                               "add theirs in a [variants] table (`bench list methods --suite FILE` shows them); "
+                               "`bench list methods NAME` shows one method's settings")
     elif what == Kind.suites:
         from .suite import builtin_suites, load_suite
 
@@ -326,11 +375,24 @@ def list_(what: Kind = typer.Argument(..., help="methods, suites, datasets or mo
         for m in MODELS.values():
             table.add_row(m.name, m.description, m.default_pretrained)
         table.caption = "any other open_clip model name works as well (open_clip.list_models())"
+    for column in table.columns:  # cells fold onto more lines rather than lose their end
+        column.overflow = "fold"
     out.print(table)
 
 
+def _show_method(method) -> None:
+    """One method: what it is, the parts it changes, and each setting with its default on a line of its own."""
+    lines = [method.name + (f" (variant of {method.variant_of})" if method.variant_of else ""), method.description,
+             f"changes: {', '.join(p.label for p in sorted(method.changes)) or '-'}", f"trains: {method.trains or '-'}",
+             "settings (--set " + method.name + ".KEY=VALUE), defaults:"]
+    config = method.make_config("", 1)
+    lines += [f"  {f.name} = {_shown(getattr(config, f.name))}" for f in dataclasses.fields(method.Config)]
+    for line in lines:
+        out.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
 def _shown(value) -> str:
-    return str(value).lower() if isinstance(value, bool) else str(value)
+    return str(value).lower() if isinstance(value, bool) else (str(value) if value != "" else '""')
 
 
 def _default(field: dataclasses.Field):

@@ -115,12 +115,13 @@ def check(
     for col in ("classes", "train", "val", "test", "lost"):
         table.add_column(col, justify="right", no_wrap=True)
     notes: list[tuple[str, str]] = []
-    n_ok = 0
+    n_ok = n_error = 0
     for entry in names:
         ds = get_dataset(entry)
         name = ds.name
         res = ds.check(root, check_files=files)
         n_ok += res.status in ("ok", "generated")
+        n_error += res.status == "error"
         if res.status == "generated":
             table.add_row(name, "[cyan]generated, = manifest[/]", "-", "-", "-", "-", "-")
             continue
@@ -149,6 +150,8 @@ def check(
         _out.print(f"[bold]{name}[/]: {message}", highlight=False, soft_wrap=True)
     if notes:
         _out.print("layouts and sources: docs/datasets.md")
+    if n_error:
+        raise typer.Exit(1)
 
 
 @data_app.command()

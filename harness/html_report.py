@@ -26,8 +26,20 @@ tr.gain td { color: #555; background: #fafafa; } td.real { font-weight: bold; co
 caption { caption-side: top; text-align: left; font-weight: 600; padding: 4px 0; }
 figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
 td.error { text-align: left; font-family: monospace; white-space: pre-wrap !important; max-width: 40em; }
-.note { color: #555; font-size: 0.92em; }
+.note { color: #555; font-size: 0.92em; } p.footer { margin-top: -0.8em; }
+table.settings td { white-space: normal; overflow-wrap: anywhere; max-width: 70em; }
 """
+
+# What each figure shows, as its caption.
+CAPTIONS = {
+    "accuracy": "Test accuracy of each stack against the number of shots, mean over seeds.",
+    "speed": "Test accuracy against inference throughput (images per second) of each stack. Timings on a "
+             "CPU from one run vary between runs and machines: read them as rough, not as differences.",
+    "gains": "What adding the masks changes: accuracy of each X+mask minus that of X, with the 95 % "
+             "paired-bootstrap interval.",
+    "masks": "Where the masks fall: the share of each masked weight tensor that was switched off.",
+}
+
 
 
 def _table(caption: str, header: list[str], body: list[list[str]], gain: list[list[str]] = (),
@@ -52,7 +64,8 @@ def _table(caption: str, header: list[str], body: list[list[str]], gain: list[li
 def _figure(name: str, fig) -> str:
     data = base64.b64encode(png_bytes(fig)).decode("ascii")
     return (f'<figure id="fig-{html.escape(name)}"><img alt="{html.escape(name)}" '
-            f'src="data:image/png;base64,{data}"><figcaption>{html.escape(name)}</figcaption></figure>')
+            f'src="data:image/png;base64,{data}"><figcaption>{html.escape(CAPTIONS.get(name, name))}'
+            '</figcaption></figure>')
 
 
 def non_default_settings(rows: pd.DataFrame) -> dict[str, list[str]]:
@@ -93,17 +106,25 @@ def metadata_rows(rows: pd.DataFrame) -> list[list[str]]:
     return meta
 
 
-def html_document(run: str, tables: list[tuple[str, list, list, list]], figures: dict, rows: pd.DataFrame,
+def html_document(run: str, tables: list[tuple], figures: dict, rows: pd.DataFrame,
                   errors: list[list[str]], note: str = "") -> str:
-    """The page: ``tables`` as (caption, header, body, gain rows), ``figures`` as {name: matplotlib figure}."""
+    """The page: ``tables`` as (caption, header, body, gain rows[, footer lines]), ``figures`` as
+    {name: matplotlib figure}. Failed trials come first, where they are seen."""
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     parts = ["<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
              f"<title>bench report: {html.escape(run)}</title><style>{_STYLE}</style></head><body>",
              f"<h1>bench report: {html.escape(run)}</h1>",
-             f"<p class='note'>generated {now} by bench {html.escape(__version__)}</p>", "<h2>Results</h2>"]
+             f"<p class='note'>generated {now} by bench {html.escape(__version__)}</p>"]
+    if errors:
+        parts.append(f"<h2>Failed trials ({len(errors)})</h2>")
+        parts.append(_table("failed trials", ["trial_id", "dataset", "shots", "seed", "stack", "error"], errors,
+                            css="errors"))
+    parts.append("<h2>Results</h2>")
     if note:
         parts.append(f"<p class='note'>{html.escape(note)}</p>")
-    parts += [_table(*t) for t in tables]
+    for caption, header, body, gain, *footer in tables:
+        parts.append(_table(caption, header, body, gain))
+        parts += [f"<p class='note footer'>{html.escape(line)}</p>" for line in (footer[0] if footer else [])]
     parts.append("<h2>Figures</h2>")
     parts += [_figure(name, fig) for name, fig in figures.items()]
     parts.append("<h2>Run</h2>")
@@ -111,9 +132,8 @@ def html_document(run: str, tables: list[tuple[str, list, list, list]], figures:
     settings = non_default_settings(rows)
     parts.append(_table("non-default settings", ["method", "settings"],
                         [[label, "; ".join(s) or "(defaults)"] for label, s in settings.items()], css="settings"))
-    parts.append(f"<h2>Failed trials ({len(errors)})</h2>")
-    parts.append(_table("failed trials", ["trial_id", "dataset", "shots", "seed", "stack", "error"], errors,
-                        css="errors") if errors else "<p>none</p>")
+    if not errors:
+        parts.append("<h2>Failed trials</h2><p>none</p>")
     parts.append("</body></html>")
     return "\n".join(parts)
 

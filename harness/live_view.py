@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from rich.console import Console, RenderableType
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-    TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, \
+    TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -22,6 +22,24 @@ from .spec import TrialSpec
 
 MAX_ROWS = 12  # running trials listed under the bar; the rest are counted
 PLAIN_EVERY_S = 30.0
+
+
+class RunEtaColumn(ProgressColumn):
+    """Time left at the run's mean pace so far, counting down between trials: (time of the last trial's
+    end / trials done) x trials left, less the time since that end. Trials end minutes apart: rich's own
+    estimate (the rate over the last 30 s) goes blank or jumps between them."""
+
+    def __init__(self, last_end: Callable[[int], float | None], clock: Callable[[], float]):
+        super().__init__()
+        self.last_end, self.clock = last_end, clock
+
+    def render(self, task) -> Text:
+        end = self.last_end(task.id)
+        if not task.completed or end is None or task.start_time is None or task.total is None:
+            return Text("-:--:--", style="progress.remaining")
+        pace = (end - task.start_time) / task.completed
+        left = pace * max(task.total - task.completed, 0) - (self.clock() - end)
+        return Text(_duration(max(left, 0.0)), style="progress.remaining")
 
 
 @dataclass
@@ -49,14 +67,21 @@ class RunProgress(Progress):
                  clock: Callable[[], float] = time.monotonic):
         self.max_rows, self.plain_every_s, self.clock = max_rows, plain_every_s, clock
         self.running: dict[str, RunningTrial] = {}
+        self._last_end: dict[int, float] = {}  # task id -> when a trial last counted towards it
         self._running_lock = threading.Lock()  # the display thread reads what the callback thread changes
         super().__init__(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                          TextColumn("{task.fields[failed]} failed"), TimeElapsedColumn(), TextColumn("ETA"),
-                         TimeRemainingColumn(), console=console, transient=False)
+                         RunEtaColumn(self._last_end.get, clock), console=console, transient=False,
+                         get_time=clock)
 
     @property
     def redraws(self) -> bool:
         return self.console.is_terminal and not self.console.is_dumb_terminal
+
+    def update(self, task_id, *, advance: float | None = None, **fields) -> None:
+        if advance:
+            self._last_end[task_id] = self.clock()
+        super().update(task_id, advance=advance, **fields)
 
     def trial_started(self, trial_id: str, spec: TrialSpec) -> None:
         with self._running_lock:
@@ -75,6 +100,18 @@ class RunProgress(Progress):
         elif plain_line:
             self.console.print(f"trial {trial_id[:8]} {trial.label} on {trial.node or '?'}: {message}",
                                highlight=False, soft_wrap=True)
+
+    def trial_finished(self, trial_id: str, spec: TrialSpec, top1: float | None = None,
+                       error: str | None = None) -> None:
+        """One line as a trial's row is written: its error (always: failures are seen as they happen), or,
+        where nothing is redrawn (a pipe, a log), its top-1."""
+        label = f"trial {trial_id[:8]} {spec.dataset} {spec.shots}-shot seed {spec.seed} {spec.stack}"
+        if error:
+            first = next((line for line in error.splitlines() if line.strip()), error)
+            self.console.print(Text(f"{label} failed: {first[:300]}", style="red"), soft_wrap=True)
+        elif not self.redraws:
+            shown = f"top-1 {top1:.2f}" if isinstance(top1, (int, float)) and top1 == top1 else "done"
+            self.console.print(f"{label}: {shown}", highlight=False, soft_wrap=True, markup=False)
 
     def trial_ended(self, trial_id: str) -> None:
         with self._running_lock:

@@ -61,6 +61,16 @@ def default_pretrained(model: str) -> str | None:
     return "openai" if "openai" in tags else (tags[0] if tags else None)
 
 
+def image_blocks(model: str, pretrained: str | None) -> int | None:
+    """How many transformer blocks the model's image encoder has, from its open_clip config (no weights
+    loaded); None for an encoder that is not a ViT."""
+    import open_clip
+
+    register_tiny()
+    layers = ((open_clip.get_model_config(resolve(model, pretrained)[0]) or {}).get("vision_cfg") or {}).get("layers")
+    return layers if isinstance(layers, int) else None
+
+
 def _checked(model: str, pretrained: str | None) -> tuple[str, str | None]:
     """Resolve (model, pretrained) and check the name and, for a path, that the file exists."""
     name, weights = resolve(model, pretrained)

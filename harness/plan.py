@@ -38,9 +38,28 @@ def parse_sets(items: list[str]) -> dict[str, dict[str, Any]]:
         method, dot, name = key.strip().partition(".")
         if not (eq and dot and method and name):
             raise BenchError(f"bad --set '{item}': write METHOD.KEY=VALUE, e.g. --set mask.lr=1e-4")
-        get_method(method)
         out.setdefault(method, {})[name] = value.strip()
     return out
+
+
+def check_names(suite: Suite, *, methods: list[str] | None, datasets: list[str] | None,
+                sets: dict[str, dict[str, Any]]) -> None:
+    """The mistakes a typo makes, answered before Ray starts: unknown methods (plugins are loaded only for a
+    name that is not an installed plugin's, e.g. a built-in variant or a typo), unknown datasets, and a
+    ``--set`` for a method the run does not use. Whether the data is there is :func:`plan_trials`' check."""
+    from .registry import cheap_names, split_stack
+
+    names = list(dict.fromkeys(p for s in (methods or suite.methods) for p in split_stack(s)))
+    for name in names:
+        if name not in cheap_names():
+            get_method(name)
+    for entry in datasets or suite.datasets:
+        get_dataset(canonical_entry(entry))
+    for method, values in sets.items():
+        if method not in names:
+            key = next(iter(values))
+            raise BenchError(f"--set {method}.{key}: '{method}' is not in this run, whose methods are "
+                             f"{', '.join(names)}; set one of those, or add '{method}' to --methods")
 
 
 def default_device() -> str:
@@ -58,6 +77,7 @@ def plan_trials(suite: Suite, *, run: str, results: str, methods: list[str] | No
     """``infer_images``: test images timed for the inference-speed columns (None: all, 0: no measurement,
     -1: the default, all on cuda and the first CPU_INFER_IMAGES on cpu)."""
     check_run_name(run)
+    check_names(suite, methods=methods, datasets=datasets, sets=sets or {})
     protocol = get_protocol(suite.protocol)
     stacks = list(dict.fromkeys(canonical_stack(s) for s in (methods or suite.methods)))
     for stack in stacks:
@@ -80,10 +100,11 @@ def plan_trials(suite: Suite, *, run: str, results: str, methods: list[str] | No
 
         if not torch.cuda.is_available():
             raise BenchError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
-    from .models import preflight
+    from .models import image_blocks, preflight
 
     model, pretrained = choose_weights(suite, model, pretrained)
     preflight(model, pretrained)
+    blocks = image_blocks(model, pretrained)
     reads: dict[str, Any] = {}
     versions: dict[str, Any] = {}
 
@@ -110,7 +131,8 @@ def plan_trials(suite: Suite, *, run: str, results: str, methods: list[str] | No
                          protocol=suite.protocol,
                          shift_targets=tuple(suite.shift_targets), variants=variant_needs(stack),
                          infer_images=infer_images, infer_batch_size=infer_batch_size)
-        spec.configs()  # validates every --set key and value now, not inside a worker
+        for plugin, config in spec.configs():  # validates every --set key and value now, not inside a worker
+            plugin.check_model(config, blocks)
         specs.append(fingerprinted(spec, read, cache_dir, version))
     return specs
 

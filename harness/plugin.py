@@ -114,6 +114,11 @@ class Method:
         except ValueError as err:  # a Config's __post_init__ checks settings that depend on each other
             raise BenchError(f"bad settings for {cls.name}: {err}") from None
 
+    @classmethod
+    def check_model(cls, config, image_blocks: int | None) -> None:
+        """Raise a BenchError when ``config`` cannot work on the run's model, whose image encoder has
+        ``image_blocks`` transformer blocks (None: not a ViT); called before the first trial starts."""
+
     # -- reuse across trials (optional) ---------------------------------------------------------
     def export(self, clf, directory: Path) -> None:
         """Save what ``fit`` installed, so a later trial can ``restore`` it instead of training.

@@ -54,6 +54,12 @@ def methods() -> dict[str, type[Method]]:
     return {**_discover()[0], **{n: _variant_class(n) for n in _all_variants()}}
 
 
+def cheap_names() -> set[str]:
+    """Method names known without importing any plugin (and so torch): the installed plugins' entry-point
+    names and the variants defined so far. Built-in variants (``amt``) need the plugins loaded."""
+    return {ep.name for ep in entry_points(group=GROUP)} | set(_defined)
+
+
 def plugins() -> dict[str, type[Method]]:
     """The installed plugins only (no variants)."""
     return dict(_discover()[0])
@@ -191,13 +197,19 @@ def _variant_class(name: str) -> type[Method]:
     })
 
 
-def parse_stack(stack: str) -> list[type[Method]]:
-    """Parse ``a+b`` into plugin classes in pipeline order, checking that they change disjoint parts."""
+def split_stack(stack: str) -> list[str]:
+    """``a+b`` -> ``["a", "b"]``, checking the spelling only (no plugin is loaded)."""
     parts = stack.strip().split("+")
     if not stack.strip() or any(not _STACK_PART.match(p) for p in parts):
         raise BenchError(f"malformed method stack '{stack}': join method names with '+', e.g. 'coop+mask'")
     if len(set(parts)) != len(parts):
         raise BenchError(f"method stack '{stack}' names a method twice; name each method once")
+    return parts
+
+
+def parse_stack(stack: str) -> list[type[Method]]:
+    """Parse ``a+b`` into plugin classes in pipeline order, checking that they change disjoint parts."""
+    parts = split_stack(stack)
     plugins = [get_method(p) for p in parts]
     for i, a in enumerate(plugins):
         for b in plugins[i + 1:]:

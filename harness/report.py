@@ -191,7 +191,8 @@ def _label_order(labels) -> list[str]:
         plugin = _plugin(stack)
         rank = (0 if getattr(plugin, "gain_baseline", False) else 1 if getattr(plugin, "reference", False)
                 else 2 if not base else 3)
-        return rank, base, stacked, variant
+        of = getattr(plugin, "variant_of", None)  # a method's named variants after it, by name
+        return rank, base, stacked, of or stack, of is not None, stack, variant
 
     return sorted(set(labels), key=key)
 
@@ -211,7 +212,7 @@ def accuracy_tables(rows: pd.DataFrame, shots: int | None = None, metric: str = 
         grouped = group.groupby(["label", "dataset"])[metric]
         present = set(group.dataset)
         mean = grouped.mean().unstack("dataset").reindex(columns=[d for d in datasets if d in present])
-        std = grouped.std(ddof=0).unstack("dataset").reindex(columns=mean.columns)
+        std = grouped.std(ddof=0).where(grouped.count() > 1).unstack("dataset").reindex(columns=mean.columns)
         order = _label_order(mean.index)
         mean, std = mean.reindex(order), std.reindex(order)
         mean["Average"] = mean.mean(axis=1, skipna=False)
@@ -404,8 +405,12 @@ def rich_table(title: str, header: list, body: list, gain: list):
     from rich.table import Table
 
     table = Table(title=title, title_justify="left")
+    labels = [str(r[0]) for r in body + gain] + [str(header[0])]
     for i, name in enumerate(header):
-        table.add_column(name, justify="left" if i == 0 else "right", style="bold" if name == "Average" else None)
+        if i == 0:  # labels are never cut or folded: two rows can differ only at their end
+            table.add_column(name, justify="left", no_wrap=True, min_width=max(map(len, labels)))
+        else:
+            table.add_column(name, justify="right", no_wrap=True, style="bold" if name == "Average" else None)
     for r in body:
         table.add_row(*r)
     if gain:
@@ -413,6 +418,69 @@ def rich_table(title: str, header: list, body: list, gain: list):
         for r in gain:
             table.add_row(*r, style="dim")
     return table
+
+
+def rich_tables(title: str, header: list, body: list, gain: list, console) -> list:
+    """The table as one rich table when it fits ``console``'s width; else the accuracies and the gains as
+    separate tables, each split into blocks of columns (the label column repeated) that fit."""
+    from rich.measure import Measurement
+
+    unbounded = console.options.update(max_width=1_000_000)
+
+    def fits(table) -> bool:
+        return Measurement.get(console, unbounded, table).maximum <= console.width
+
+    whole = rich_table(title, header, body, gain)
+    if fits(whole):
+        return [whole]
+    head, _, tail = title.partition("; ")
+    parts = [(head, body, [])] + ([(f"{head.partition(',')[0]}: {tail or 'gains'}", [], gain)] if gain else [])
+    out = []
+    for part_title, part_body, part_gain in parts:
+        blocks, start = [], 1
+        while start < len(header):
+            end = start + 1
+            while end < len(header) and fits(rich_table(part_title, [header[0], *header[start:end + 1]],
+                                                        *_cut(part_body, part_gain, start, end + 1))):
+                end += 1
+            blocks.append((start, end))
+            start = end
+        for n, (a, b) in enumerate(blocks, 1):
+            shown = part_title + (f" ({n}/{len(blocks)})" if len(blocks) > 1 else "")
+            out.append(rich_table(shown, [header[0], *header[a:b]], *_cut(part_body, part_gain, a, b)))
+    return out
+
+
+def _cut(body: list, gain: list, start: int, end: int) -> tuple[list, list]:
+    return [[r[0], *r[start:end]] for r in body], [[r[0], *r[start:end]] for r in gain]
+
+
+def table_footer(rows: pd.DataFrame, shown: pd.DataFrame, mean: pd.DataFrame, shots: int, run: str) -> list[str]:
+    """The lines under a table: what it is missing and why (failed trials, cells no trial filled) and any
+    stack whose masks switched nothing off. ``rows``: the run's rows, failed ones too; ``shown``: what
+    :func:`table_rows` kept of them (with labels); ``mean``: the table at ``shots``."""
+    lines = []
+    bad = rows[(rows["status"] != "ok") & (rows["shots"] == shots)]
+    for (stack, dataset), group in bad.groupby(["stack", "dataset"], sort=False):
+        error = next((line for line in str(group["error"].iloc[0]).splitlines() if line.strip()), "no error recorded")
+        seeds = ", ".join(map(str, sorted(group["seed"])))
+        lines.append(f"missing: {stack} on {dataset} (seed {seeds}) failed: {error[:200]}")
+    if len(bad):
+        lines.append(f"`bench report --run {run} --errors` lists the errors; `bench run` with --retry-failed "
+                     "reruns those trials")
+    failed = set(zip(bad["stack"], bad["dataset"]))
+    for dataset in [c for c in mean.columns if c != "Average"]:
+        empty = [label for label in mean.index if mean.at[label, dataset] != mean.at[label, dataset]
+                 and (label.partition(" (")[0], dataset) not in failed]
+        if empty:
+            lines.append(f"missing: {dataset} for {', '.join(empty)}: no trial of theirs ran on it in this run")
+    at_k = shown[shown["shots"] == shots]
+    if "mask_sparsity" in at_k:
+        for label, group in at_k.dropna(subset=["mask_sparsity"]).groupby("label", sort=False):
+            if (group["mask_sparsity"] == 0).all():
+                lines.append(f"{label}: its masks switched nothing off in any of its {len(group)} trials "
+                             "(mask_sparsity 0): identical to its base")
+    return lines
 
 
 def errors_table(rows: pd.DataFrame) -> list[list[str]]:

@@ -61,7 +61,8 @@ def _trainable(config: dict[str, Any], progress_every_s: float = PROGRESS_EVERY_
     except RowWriteError as err:  # the driver records it: as an error row if it can reach the store itself
         tune.report({"final": True, "ok": False, "unsaved": str(err), **where})
         return
-    tune.report({"final": True, "ok": row["status"] == "ok", "top1": row.get("top1") or float("nan"), **where})
+    tune.report({"final": True, "ok": row["status"] == "ok", "top1": row.get("top1") or float("nan"),
+                 "error": str(row.get("error") or ""), **where})
 
 
 class ThrottledProgress:

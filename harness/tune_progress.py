@@ -61,10 +61,13 @@ class ProgressCallback(tune.Callback):
             return
         self.bar.trial_ended(trial_id)
         if result.get("unsaved"):
-            self._record_error(trial, f"row not saved on node {where.get('node_ip', '?')}: {result['unsaved']}",
-                               where)
+            message = f"row not saved on node {where.get('node_ip', '?')}: {result['unsaved']}"
+            self._record_error(trial, message, where)
+            self.bar.trial_finished(trial_id, spec, error=message)
             self._advance("error")
             return
+        self.bar.trial_finished(trial_id, spec, top1=result.get("top1"),
+                                error=None if result.get("ok") else result.get("error") or "no error recorded")
         try:
             seen = self.folder.fs.get_file_info(f"{self.folder.trials}/{trial_id}.parquet").type == pafs.FileType.File
         except OSError:
@@ -85,9 +88,11 @@ class ProgressCallback(tune.Callback):
                                soft_wrap=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.bar.trial_ended(self._spec(trial)[0])
-        self._record_error(trial, f"{_what_happened(trial)} ({trial.num_failures} attempts); "
-                                  "rerun with --retry-failed")
+        trial_id, spec = self._spec(trial)
+        self.bar.trial_ended(trial_id)
+        message = f"{_what_happened(trial)} ({trial.num_failures} attempts); rerun with --retry-failed"
+        self._record_error(trial, message)
+        self.bar.trial_finished(trial_id, spec, error=message)
         self._advance("lost")
 
     def raise_problems(self) -> None:

@@ -24,16 +24,18 @@ LAYERS = re.compile(r"^(|all|-?\d+(--?\d+)?(,-?\d+(--?\d+)?)*)$", re.IGNORECASE)
 
 # -- which tensors are masked ------------------------------------------------------------------
 def parse_layers(spec: str, n_blocks: int) -> set[int]:
-    """``"all"`` / ``""`` -> every block; ``"0-3,10,-1"`` -> those blocks (negative counts from the end)."""
+    """``"all"`` / ``""`` -> every block; ``"0-3,10,-1"`` -> those blocks (negative counts from the end, so
+    ``"-4--1"`` is the last four). A block outside ``-n_blocks .. n_blocks - 1`` is a ValueError."""
     if spec.strip().lower() in ("", "all"):
         return set(range(n_blocks))
     out: set[int] = set()
     for part in spec.replace(" ", "").split(","):
-        lo, sep, hi = part.partition("-") if not part.startswith("-") else (part, "", "")
-        if sep:
-            out.update(range(int(lo) % n_blocks, int(hi) % n_blocks + 1))
-        else:
-            out.add(int(lo) % n_blocks)
+        ends = [int(i) for i in re.fullmatch(r"(-?\d+)(?:-(-?\d+))?", part).groups() if i is not None]
+        if any(not -n_blocks <= i < n_blocks for i in ends):
+            raise ValueError(f"layers={spec}: the image encoder has {n_blocks} blocks, numbered 0-{n_blocks - 1} "
+                             f"(or -{n_blocks} to -1 from the end)")
+        lo, hi = ends[0] % n_blocks, ends[-1] % n_blocks
+        out.update(range(lo, hi + 1))
     return out
 
 

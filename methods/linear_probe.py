@@ -7,9 +7,12 @@ Faithful to KaiyangZhou/CoOp ``lpclip/linear_probe.py`` (reference: baselines.md
 * Classifier: scikit-learn ``LogisticRegression`` (lbfgs, ``max_iter`` 1000, L2 penalty, the default).
 * C search on the few-shot validation split: first the grid [1e6, 1e4, 1e2, 1, 1e-2, 1e-4, 1e-6]; around its
   peak (the first best value) the range [peak/10, peak*10] is bisected in log space for 8 steps: each step
-  fits both ends, keeps the better one (the left one on ties) and halves the range towards it. The
-  classifier of the last step (fitted on the train split with the chosen C) becomes the head: an
-  ``nn.Linear`` holding the sklearn coefficients and intercepts, applied to the same raw features.
+  fits both ends, keeps the better one (the left one on ties) and halves the range towards it.
+* The chosen C: the largest C, among every C the search fitted, whose validation accuracy is the best
+  (lpclip keeps the last step's). With 1-4 validation images per class many Cs tie, and which of the tied
+  ones the bisection ends on turns on float rounding that differs between CPUs and thread counts; the rule
+  settles every tie the same way. The classifier fitted on the train split with that C becomes the head:
+  an ``nn.Linear`` holding the sklearn coefficients and intercepts, applied to the same raw features.
 * ``C`` set explicitly skips the search (fits once with that C).
 
 Differences from ``lpclip``: the train and val subsets are the project's shared Dassl few-shot samples
@@ -63,29 +66,29 @@ def val_accuracy(model, x: np.ndarray, y: np.ndarray) -> float:
 
 
 def search_c(train_x, train_y, val_x, val_y, grid=C_GRID, steps: int = 8, max_iter: int = 1000):
-    """lpclip's C search on (val_x, val_y). Returns (C, fitted model, history of (C, val accuracy))."""
-    history = []
-    accs = []
-    for c in grid:
-        acc = val_accuracy(fit_logreg(train_x, train_y, c, max_iter), val_x, val_y)
-        accs.append(acc)
+    """lpclip's C search on (val_x, val_y), then the largest C of the best validation accuracy (module
+    docstring). Returns (C, fitted model, history of (C, val accuracy))."""
+    history, fitted = [], {}
+
+    def accuracy(c: float) -> float:
+        fitted[c] = fit_logreg(train_x, train_y, c, max_iter)
+        acc = val_accuracy(fitted[c], val_x, val_y)
         history.append((c, acc))
+        return acc
+
+    accs = [accuracy(c) for c in grid]
     peak = grid[int(np.argmax(accs))]
     left, right = math.log10(peak) - 1.0, math.log10(peak) + 1.0
-    chosen_c, chosen = peak, None
     for _ in range(steps):
-        m_left = fit_logreg(train_x, train_y, 10 ** left, max_iter)
-        m_right = fit_logreg(train_x, train_y, 10 ** right, max_iter)
-        a_left, a_right = val_accuracy(m_left, val_x, val_y), val_accuracy(m_right, val_x, val_y)
-        history += [(10 ** left, a_left), (10 ** right, a_right)]
+        a_left, a_right = accuracy(10 ** left), accuracy(10 ** right)
         mid = 0.5 * (left + right)
         if a_left < a_right:
-            chosen_c, chosen, left = 10 ** right, m_right, mid
+            left = mid
         else:
-            chosen_c, chosen, right = 10 ** left, m_left, mid
-    if chosen is None:  # steps = 0: the grid's peak
-        chosen = fit_logreg(train_x, train_y, peak, max_iter)
-    return chosen_c, chosen, history
+            right = mid
+    best = max(acc for _, acc in history)
+    chosen_c = max(c for c, acc in history if acc == best)
+    return chosen_c, fitted[chosen_c], history
 
 
 def linear_head(model, num_classes: int, dim: int) -> nn.Linear:
@@ -110,7 +113,7 @@ class LinearProbe(Method):
     trains = "a linear classifier (sklearn lbfgs, L2), C searched on the few-shot val split"
     changes = frozenset({Part.HEAD})
     Config = LinearProbeConfig
-    version = "1"
+    version = "2"  # 2: the largest C of the best validation accuracy, not the bisection's last
     transfers_to_new_classes = False  # one weight vector per training class
     reference = True
 

@@ -53,8 +53,8 @@ from bench.plugin import AtLeastOne, NonNegative, Positive, Range
 from bench.classifier import ZeroShotHead
 
 from ._training import train_epochs
-from ._masking import (LAYERS, apply_masks, binary_masks, gdr_gradient, load_masks, masked_forward, save_masks,
-                       select_masked, sparsity)
+from ._masking import (LAYERS, apply_masks, binary_masks, gdr_gradient, load_masks, masked_forward, parse_layers,
+                       save_masks, select_masked, sparsity)
 
 __all__ = ["MaskTuning", "apply_masks", "load_masks", "save_masks", "readme_lambda"]
 
@@ -160,6 +160,15 @@ class MaskTuning(Method):
     @classmethod
     def defaults_for(cls, dataset: str, shots: int) -> dict:
         return {"lr": 3e-5, "epochs": 10} if dataset.lower() == "imagenet" else {}
+
+    @classmethod
+    def check_model(cls, config, image_blocks: int | None) -> None:
+        if image_blocks is not None:
+            try:
+                parse_layers(str(config.layers), image_blocks)
+            except ValueError as err:
+                from bench import BenchError
+                raise BenchError(f"{cls.name}.{err}") from None
 
     @classmethod
     def switched_off(cls, artifact_dir: Path) -> dict[str, float] | None:

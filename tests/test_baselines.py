@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -19,7 +20,7 @@ from bench.trial import build_context, evaluate, seed_everything
 from bench.methods._training import batches, coop_epochs, warmup_cosine
 from bench.methods.clip_adapter import ClipAdapter, ResidualAdapter
 from bench.methods.coop import CoOp, CoOpConfig, PromptHead, check_text_layout
-from bench.methods.linear_probe import LinearProbe, search_c
+from bench.methods.linear_probe import C_GRID, LinearProbe, search_c
 from bench.methods.tip_adapter import CacheTerm, TipAdapter, TipAdapterF, grid, search_alpha_beta
 
 
@@ -285,8 +286,23 @@ def test_linear_probe_search_reads_only_what_it_is_given():
     y = (x[:, 0] > 0).astype(int)
     c, model, history = search_c(x[:24], y[:24], x[24:], y[24:], steps=3)
     assert len(history) == 7 + 2 * 3
-    assert c in [h[0] for h in history[7:]]  # the last bisection step's winner
-    assert (model.predict(x[24:]) == y[24:]).mean() >= 0.5
+    best = max(acc for _, acc in history)
+    assert c == max(C for C, acc in history if acc == best)  # ties: the largest C of the best accuracy
+    assert (model.predict(x[24:]) == y[24:]).mean() == best
+    assert model.C == c
+
+
+def test_linear_probe_breaks_ties_by_the_largest_c_whatever_the_order_of_the_search():
+    """Separable data: many Cs reach 100 % on validation; the choice is the largest of them, not where the
+    bisection happens to end (which float rounding can move)."""
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(-3, 1, (20, 4)), rng.normal(3, 1, (20, 4))])
+    y = np.repeat([0, 1], 20)
+    order = rng.permutation(40)
+    x, y = x[order], y[order]
+    for grid in (C_GRID, tuple(reversed(C_GRID))):
+        c, _, history = search_c(x[:28], y[:28], x[28:], y[28:], grid=grid, steps=4)
+        assert c == max(C for C, acc in history if acc == 1.0) >= 1e6
 
 
 # -- learning on the fixture -------------------------------------------------------------------------

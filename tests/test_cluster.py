@@ -9,7 +9,10 @@ and only this test's processes are killed (by process group), never with `ray st
 """
 from __future__ import annotations
 
+import itertools
 import os
+import re
+import shlex
 import shutil
 import signal
 import socket
@@ -23,6 +26,7 @@ import pytest
 
 from test_runs import BASE, TWO, bench, rows_of, trial_files
 
+ROOT = Path(__file__).resolve().parents[1]
 WORKER_IP = "127.0.0.2"
 FAST_HEALTH_CHECKS = {"RAY_health_check_period_ms": "500", "RAY_health_check_timeout_ms": "1000",
                       "RAY_health_check_failure_threshold": "4"}  # a lost node is declared dead in ~2 s, not ~30 s
@@ -44,6 +48,20 @@ def _free_ports(n: int, host: str) -> list[int]:
     for s in socks:
         s.close()
     return ports
+
+
+def readme_start_env() -> dict[str, dict[str, str]]:
+    """The environment README.md's start commands give `ray start` on the head and on the other nodes, read
+    from its **Start commands** block, so that the nodes here start as the README says."""
+    block = (ROOT / "README.md").read_text().split("**Start commands.**", 1)[1].split("```", 2)[1]
+    out = {}
+    for line in block.splitlines():
+        words = shlex.split(line, comments=True)
+        env = dict(w.split("=", 1) for w in itertools.takewhile(lambda w: re.match(r"^[A-Z_]+=", w), words))
+        if words[len(env):len(env) + 2] == ["ray", "start"]:
+            out["head" if "--head" in words else "node"] = env
+    assert set(out) == {"head", "node"}, block
+    return out
 
 
 def _auth_env() -> dict[str, str]:
@@ -69,9 +87,10 @@ class RayNode:
             cmd += [f"--address={head}"]
             self.address = head
         self.log = folder / f"node-{ip}.log"
+        as_written = readme_start_env()["head" if head is None else "node"]
         with open(self.log, "w") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                         env={**os.environ, **_auth_env(), **FAST_HEALTH_CHECKS})
+                                         env={**os.environ, **as_written, **FAST_HEALTH_CHECKS})
 
     def wait_started(self, limit: float = 120) -> None:
         start = time.time()

@@ -6,11 +6,11 @@ import dataclasses
 import pytest
 
 from bench import BenchError, Method, Part
-from bench.plan import parse_int_list, parse_sets, plan_trials
+from bench.plan import check_names, parse_int_list, parse_sets, plan_trials
 from bench.registry import canonical_stack, get_method, methods, parse_stack
 from bench.fingerprint import fingerprinted
 from bench.spec import TrialSpec
-from bench.suite import load_suite
+from bench.suite import Suite, load_suite
 
 
 @dataclasses.dataclass
@@ -108,8 +108,12 @@ def test_parse_helpers_give_one_line_errors():
     assert parse_sets(["zeroshot.a=1"]) == {"zeroshot": {"a": "1"}}
     with pytest.raises(BenchError, match="write METHOD.KEY=VALUE"):
         parse_sets(["lr=1"])
+    assert parse_sets(["nosuch.lr=1"]) == {"nosuch": {"lr": "1"}}  # the run's methods decide: check_names
+    suite = Suite(name="t", description="", datasets=["syn_colour"], shots=[1], seeds=[1], methods=["zeroshot"])
+    with pytest.raises(BenchError, match="--set nosuch.lr: 'nosuch' is not in this run, whose methods are zeroshot"):
+        check_names(suite, methods=None, datasets=None, sets={"nosuch": {"lr": "1"}})
     with pytest.raises(BenchError, match="unknown method 'nosuch'"):
-        parse_sets(["nosuch.lr=1"])
+        check_names(suite, methods=["nosuch"], datasets=None, sets={})
 
 
 def test_plan_covers_the_grid_and_validates_up_front(tmp_path):

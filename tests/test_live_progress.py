@@ -96,3 +96,30 @@ def test_a_bad_progress_interval_is_a_user_error(monkeypatch):
         monkeypatch.setenv("BENCH_PROGRESS_EVERY_S", bad)
         with pytest.raises(BenchError, match="BENCH_PROGRESS_EVERY_S"):
             _progress_every_s()
+
+
+def test_each_finished_trial_gets_a_line_in_a_log_and_each_failure_one_everywhere():
+    plain, screen = io.StringIO(), io.StringIO()
+    piped = RunProgress(Console(file=plain, force_terminal=False, width=200))
+    live = RunProgress(Console(file=screen, force_terminal=True, width=200, color_system=None))
+    for view in (piped, live):
+        view.trial_finished("abcdef0123456789", _spec("syn_colour"), top1=81.25)
+        view.trial_finished("0123456789abcdef", _spec("syn_novel"),
+                            error="RuntimeError: optimizer got an empty parameter list\n  more detail")
+    failed = "trial 01234567 syn_novel 4-shot seed 2 mask failed: RuntimeError: optimizer got an empty parameter list"
+    assert plain.getvalue().splitlines() == ["trial abcdef01 syn_colour 4-shot seed 2 mask: top-1 81.25", failed]
+    assert screen.getvalue().splitlines() == [failed]  # the live view shows its trials itself
+
+
+def test_the_eta_holds_between_trials_that_end_minutes_apart():
+    now = [0.0]
+    view = RunProgress(Console(file=io.StringIO(), force_terminal=False), clock=lambda: now[0])
+    task = view.add_task("run", total=10, failed=0)
+    eta = next(c for c in view.columns if type(c).__name__ == "RunEtaColumn")
+    shown = []
+    for minute in range(1, 7):  # a trial ends every 2 minutes; the ETA is read in between too
+        now[0] = minute * 60.0
+        if minute % 2 == 0:
+            view.update(task, advance=1)
+        shown.append(str(eta.render(view.tasks[0])))
+    assert shown == ["-:--:--", "18:00", "17:00", "16:00", "15:00", "14:00"]  # counts down at 2 min a trial

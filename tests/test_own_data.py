@@ -310,6 +310,16 @@ def test_data_check_and_split_work_for_every_layout(tmp_path, capsys):
         assert all(Path(result["image_dir"], r[0]).is_file() for r in result["train"])
 
 
+def test_data_check_exits_non_zero_when_it_reports_an_error(tmp_path, capsys):
+    good = class_folders(tmp_path / "cells")
+    broken = class_folders(tmp_path / "broken")
+    (broken / "red_apple" / "img_000.png").write_bytes(b"not an image")
+    assert main(["data", "check", "--datasets", str(good)]) == 0
+    capsys.readouterr()
+    assert main(["data", "check", "--datasets", f"{good},{broken}"]) == 1
+    assert "1 of 2 ready" in capsys.readouterr().out
+
+
 def test_bench_run_end_to_end_on_own_data(tmp_path):
     entries = [class_folders(tmp_path / "cells"), image_list(tmp_path / "l", "csv"),
                coop_split_folder(tmp_path / "sj")]
@@ -324,3 +334,15 @@ def test_bench_run_end_to_end_on_own_data(tmp_path):
     assert len(rows) == 6 and set(rows.status) == {"ok"} and (rows.n_test == 9).all()
     again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "6 already done" in again.stderr
+
+
+def test_own_data_without_run_gets_a_run_named_after_it_not_the_suites(tmp_path, capsys):
+    from bench.cli import _default_run_name
+    from bench.suite import load_suite
+
+    suite = load_suite("synthetic")
+    folder = class_folders(tmp_path / "my cells")
+    assert _default_run_name(suite, [str(folder)]) == "my_cells"
+    assert "the run is named 'my_cells'" in capsys.readouterr().err
+    assert _default_run_name(suite, ["syn_colour", str(folder)]) == "my_cells"
+    assert _default_run_name(suite, ["syn_colour"]) == _default_run_name(suite, None) == "synthetic"
