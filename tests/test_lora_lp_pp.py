@@ -19,11 +19,11 @@ import torch.nn.functional as F
 
 from bench.classifier import ZeroShotHead
 from bench.methods.lora import LoRA, SplitAttention, add_lora, load_lora, lora_config, split_attention
-from bench.methods.lp_pp import step_sizes
+from bench.methods.lp_pp import LPPlusPlus, step_sizes
 from bench.registry import canonical_stack
 from bench.trial import evaluate, run_trial
 
-from test_baselines import fixture_context, plugin, pretrained_spec
+from test_baselines import Poisoned, fixture_context, plugin, pretrained_spec
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -143,6 +143,14 @@ def test_lp_pp_step_sizes_match_a_direct_computation():
     assert alpha0 == pytest.approx(250 * np.mean([logits[y == j, j].mean() for j in range(c)]))
 
 
+@pytest.mark.parametrize("cls, overrides", [(LPPlusPlus, {"epochs": 12}), (LoRA, {"n_iters": 1})])
+def test_nothing_reads_the_test_split_during_fit(fixture_root, cls, overrides):
+    ctx = fixture_context(fixture_root, cls.name)
+    ctx.data = dataclasses.replace(ctx.data, test=Poisoned())
+    out = plugin(cls, **overrides).fit(ctx.clf, ctx)
+    assert out["trainable_params"] > 0 and (cls is LoRA or 1 <= out["epoch"] <= 12)
+
+
 # -- learning on the pre-trained tiny model ----------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -166,7 +174,7 @@ def test_learns_beyond_zero_shot(tmp_path, syn_novel_zeroshot, stack, margin):
         ctx.clf.head = ZeroShotHead(ctx.text_weights(templates=["a photo of a {}."]), ctx.clf.logit_scale)
         again = []
         evaluate(ctx, "test", keep=lambda labels, predicted: again.append(predicted))
-        assert torch.equal(again[0].cpu(), torch.from_numpy(kept[0].column("predicted").to_numpy()).long())
+        assert torch.equal(again[0].cpu(), torch.tensor(kept[0].column("predicted").to_pylist()))
 
 
 @pytest.mark.parametrize("stack, shots, average", [("lora", 16, 82.89), ("lp_pp", 1, 70.35)])
