@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 import sys
 from enum import Enum
@@ -66,6 +67,14 @@ def run(
     infer_batch_size: int = typer.Option(100, help="Batch size of the inference-speed measurement."),
 ):
     """Run every trial (dataset x shots x seed x method stack) of a suite; finished trials are skipped."""
+    _run_command(**locals())
+
+
+def _run_command(suite, methods, datasets, shots, seeds, model, pretrained, data_root, run_name, results, device,
+                 gpus_per_trial, cpus_per_trial, max_concurrent, address, set_, retry_failed, cache_dir, no_cache,
+                 report_after, infer_images, infer_batch_size, tuning: Optional[dict] = None):
+    """`bench run`; with ``tuning`` (budget, search, oracle), `bench tune`: the fixed trials and a search per
+    cell, then the chosen settings (bench.tune)."""
     from .results import RunFolder
     from .suite import load_suite
 
@@ -86,11 +95,17 @@ def run(
         data_root=data_root, device=device, sets=parse_sets(set_),
         cache_dir=None if no_cache else (cache_dir or default_cache_dir()),
         infer_images=-1 if infer_images is None else infer_images, infer_batch_size=infer_batch_size)
+    if tuning is not None:
+        from .tune import TunePlan
+
+        tuning = TunePlan(specs, spec_suite, **tuning)
     folder = RunFolder(results, run_name)
     folder.ensure()
     with folder.lock():
         _run_locked(folder, specs, spec_suite, retry_failed=retry_failed, address=address,
-                    cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, max_concurrent=max_concurrent)
+                    cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, max_concurrent=max_concurrent,
+                    tuning=tuning)
+    specs = [*specs, *(tuning.finals if tuning is not None else [])]
     ids = {s.trial_id for s in specs}
     every = folder.read()
     rows = every[every.trial_id.isin(ids)]
@@ -120,22 +135,52 @@ def run(
 
 
 def _run_locked(folder, specs, suite, *, retry_failed, address, cpus_per_trial, gpus_per_trial,
-                max_concurrent) -> None:
+                max_concurrent, tuning=None) -> None:
     done, failed = folder.done_ids(), folder.failed_ids()
     todo = [s for s in specs if (s.trial_id in failed if retry_failed else s.trial_id not in done)]
     err.print(f"[bold]{folder.run}[/]: {len(specs)} trials, {len(specs) - len(todo)} already done or skipped, "
               f"running {len(todo)} -> {folder.location}")
-    if not todo:
+    if not todo and tuning is None:
         return
+    import functools
+
     from .scheduler import run_with_ray
 
     gpus = gpus_per_trial if gpus_per_trial is not None else (
-        suite.gpus_per_trial or (1.0 if todo[0].device == "cuda" else 0.0))
+        suite.gpus_per_trial or (1.0 if specs[0].device == "cuda" else 0.0))
+    launch = functools.partial(run_with_ray, address=address, cpus_per_trial=cpus_per_trial or suite.cpus_per_trial,
+                               gpus_per_trial=gpus, max_concurrent=max_concurrent, console=err)
     try:
-        run_with_ray(todo, address=address, cpus_per_trial=cpus_per_trial or suite.cpus_per_trial,
-                     gpus_per_trial=gpus, max_concurrent=max_concurrent, console=err)
+        tuning.run(todo, launch) if tuning is not None else launch(todo)
     except KeyboardInterrupt:
         err.print("interrupted: finished trials are kept")
+
+
+class SearchKind(str, Enum):
+    random = "random"
+    grid = "grid"
+    asha = "asha"
+
+
+def tune(**options):
+    """Choose each stack's settings per cell by a search on the few-shot validation split (Ray Tune), then run
+    them: every cell gets its fixed row and its val-tuned row; the search's trials go to <run>/search/."""
+    budget, search, oracle = options.pop("budget"), options.pop("search"), options.pop("oracle")
+    _run_command(**options, tuning={"budget": budget, "search": search.value, "oracle": oracle})
+
+
+tune.__signature__ = inspect.signature(run).replace(parameters=[
+    *inspect.signature(run).parameters.values(),
+    inspect.Parameter("budget", inspect.Parameter.KEYWORD_ONLY, annotation=int, default=typer.Option(
+        20, help="Search trials per cell, the configured settings included; the same for every stack.")),
+    inspect.Parameter("search", inspect.Parameter.KEYWORD_ONLY, annotation=SearchKind, default=typer.Option(
+        SearchKind.random, help="random, grid (at most --budget points), or asha (random, weak settings "
+                                "stopped early on their epochs' validation accuracy).")),
+    inspect.Parameter("oracle", inspect.Parameter.KEYWORD_ONLY, annotation=bool, default=typer.Option(
+        False, "--oracle", help="Select on the TEST split, only to measure how much that inflates a method; "
+                                "its rows say 'oracle' and are reported apart.")),
+])
+app.command()(tune)
 
 
 def _print_report(rows, shots, fmt: Format, std: bool, compare: Optional[str] = None, scores=None) -> None:
