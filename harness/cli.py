@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import os
+import typing
 import sys
 from enum import Enum
 from pathlib import Path
@@ -169,8 +170,8 @@ def tune(**options):
     _run_command(**options, tuning={"budget": budget, "search": search.value, "oracle": oracle})
 
 
-tune.__signature__ = inspect.signature(run).replace(parameters=[
-    *inspect.signature(run).parameters.values(),
+tune.__signature__ = inspect.signature(run).replace(parameters=[  # run's options (types resolved), then tune's
+    *(p.replace(annotation=typing.get_type_hints(run)[p.name]) for p in inspect.signature(run).parameters.values()),
     inspect.Parameter("budget", inspect.Parameter.KEYWORD_ONLY, annotation=int, default=typer.Option(
         20, help="Search trials per cell, the configured settings included; the same for every stack.")),
     inspect.Parameter("search", inspect.Parameter.KEYWORD_ONLY, annotation=SearchKind, default=typer.Option(
@@ -200,22 +201,23 @@ def _report_tables(rows, shots, std: bool, scores=None):
     """(title, header, body, gain rows, shots, mean table, metric) per metric and shot count; gain rows carry
     paired-bootstrap intervals where the trials kept their predictions (``scores``)."""
     from .intervals import gain_intervals
-    from .report import gain_rows, metrics_of, protocol_tables, table_rows, text_rows
+    from .report import gain_rows, metrics_of, protocol_tables, selection_groups, table_rows, text_rows
 
     rows, note = table_rows(rows)
     if note:
         err.print(f"note: {note}", highlight=False, soft_wrap=True)
     if rows.empty:
         raise BenchError("no rows left to report after setting aside rows made on other data")
-    for metric, caption in metrics_of(rows):
-        for k, (mean, sd) in protocol_tables(rows, shots, metric).items():
-            gains = gain_rows(mean)
-            ci = gain_intervals(rows[(rows.status == "ok") & (rows.shots == k)], gains, scores, metric) \
-                if scores is not None and len(gains) else None
-            title = f"{k}-shot {caption}, mean over seeds"
-            if ci is not None and ci.notna().any().any():
-                title += "; gains [95% paired-bootstrap interval], * = excludes 0"
-            yield (title, *text_rows(mean, sd if std else None, gains, ci), k, mean, metric)
+    for chosen, part in selection_groups(rows):  # oracle rows apart from the others
+        for metric, caption in metrics_of(part):
+            for k, (mean, sd) in protocol_tables(part, shots, metric).items():
+                gains = gain_rows(mean)
+                ci = gain_intervals(part[(part.status == "ok") & (part.shots == k)], gains, scores, metric) \
+                    if scores is not None and len(gains) else None
+                title = f"{k}-shot {caption}, mean over seeds{chosen}"
+                if ci is not None and ci.notna().any().any():
+                    title += "; gains [95% paired-bootstrap interval], * = excludes 0"
+                yield (title, *text_rows(mean, sd if std else None, gains, ci), k, mean, metric)
 
 
 # datasets per block of a compared table on the terminal: 1 + 3 x 4 columns fit 200 characters uncut
@@ -320,7 +322,11 @@ def _write_figures_and_html(rows, folder, scores, shots, std: bool, plot: Option
         err.print(f"wrote {path}")
     if html_path:
         tables = [t[:4] for t in _report_tables(rows, shots, std, scores)]
-        err.print(f"wrote {write_html(html_path, html_document(folder.run, tables, figures, rows, errors_table(rows)))}")
+        from .tune import search_table
+
+        document = html_document(folder.run, tables, figures, rows, errors_table(rows),
+                                 search=search_table(folder))
+        err.print(f"wrote {write_html(html_path, document)}")
 
 
 @app.command("list")
@@ -334,16 +340,18 @@ def list_(what: Kind = typer.Argument(..., help="methods, suites, datasets or mo
             from .suite import load_suite
 
             load_suite(suite)
-        table = Table("method", "parts it changes", "description", "hyper-parameters (defaults)", "trains")
+        table = Table("method", "parts it changes", "description", "hyper-parameters (defaults)", "trains",
+                      "`bench tune` searches")
         for name, m in sorted(methods().items()):
             params = ", ".join(f"{f.name}={_default(f)}" for f in dataclasses.fields(m.Config))
             if m.variant_of:
                 params = "as " + m.variant_of + ", but " + ", ".join(
                     f"{k}={_shown(v)}" for k, v in m.variant_settings.items())
+            space = ", ".join(f"{k} {s}" for k, s in m.search_space().items())
             table.add_row(name, ", ".join(p.label for p in sorted(m.changes)) or "-", m.description, params or "-",
-                          m.trains or "-")
+                          m.trains or "-", space or "- (fixed)")
         for name, why in broken_plugins().items():
-            table.add_row(name, "-", f"[red]failed to load: {why}[/]", "-", "-")
+            table.add_row(name, "-", f"[red]failed to load: {why}[/]", "-", "-", "-")
         table.caption = "a variant is a method under its own name with settings of its own; suite files add " \
                         "theirs in a [variants] table (`bench list methods --suite FILE` shows them)"
     elif what == Kind.suites:

@@ -94,8 +94,9 @@ def metadata_rows(rows: pd.DataFrame) -> list[list[str]]:
 
 
 def html_document(run: str, tables: list[tuple[str, list, list, list]], figures: dict, rows: pd.DataFrame,
-                  errors: list[list[str]], note: str = "") -> str:
-    """The page: ``tables`` as (caption, header, body, gain rows), ``figures`` as {name: matplotlib figure}."""
+                  errors: list[list[str]], note: str = "", search: tuple[str, list, list] | None = None) -> str:
+    """The page: ``tables`` as (caption, header, body, gain rows), ``figures`` as {name: matplotlib figure},
+    ``search`` the run's search table (bench.tune) as (caption, header, body)."""
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     parts = ["<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
              f"<title>bench report: {html.escape(run)}</title><style>{_STYLE}</style></head><body>",
@@ -104,6 +105,8 @@ def html_document(run: str, tables: list[tuple[str, list, list, list]], figures:
     if note:
         parts.append(f"<p class='note'>{html.escape(note)}</p>")
     parts += [_table(*t) for t in tables]
+    if search is not None:
+        parts += ["<h2>Search</h2>", _table(*search, css="search")]
     parts.append("<h2>Figures</h2>")
     parts += [_figure(name, fig) for name, fig in figures.items()]
     parts.append("<h2>Run</h2>")

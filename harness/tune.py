@@ -186,12 +186,16 @@ class Cell:
 
 
 def search_folder(spec: TrialSpec) -> RunFolder:
+    return search_folder_of(RunFolder(spec.results, spec.run))
+
+
+def search_folder_of(run: RunFolder) -> RunFolder:
     """A run's search table: ``<results>/<run>/search/trials/`` (read it with ``pandas.read_parquet``)."""
-    return RunFolder(f"{str(spec.results).rstrip('/')}/{spec.run}", "search")
+    return RunFolder(run.location, "search")
 
 
 def _search_spec(spec: TrialSpec) -> TrialSpec:
-    return dataclasses.replace(spec, results=f"{str(spec.results).rstrip('/')}/{spec.run}", run="search")
+    return dataclasses.replace(spec, results=RunFolder(spec.results, spec.run).location, run="search")
 
 
 def suite_spaces(suite) -> dict[str, dict[str, Search]]:
@@ -279,6 +283,7 @@ class TunePlan:
         for cell in self.cells:
             key = cell.folder.root
             if key not in done:
+                cell.folder.ensure()
                 rows = cell.folder.read()
                 done[key] = set(rows.loc[rows["status"].isin(["ok", "stopped"]), "trial_id"])
         search_todo = [t for c in self.cells for t in c.trials if t.trial_id not in done[c.folder.root]]
@@ -426,3 +431,13 @@ def search_progress(rows) -> list[list[str]]:
 
 
 SEARCH_HEADER = ["cell", "search (objective)", "objective per trial (s: stopped early)", "best so far", "chosen"]
+
+
+def search_table(run: RunFolder) -> tuple[str, list, list] | None:
+    """(caption, header, body) of a run's search table, or None when the run has no search."""
+    folder = search_folder_of(run)
+    rows = folder.read() if folder.exists() else None
+    if rows is None or rows.empty:
+        return None
+    return (f"search objective over trials, per cell (trial 1: the configured settings); {folder.location}",
+            SEARCH_HEADER, search_progress(rows))
