@@ -21,7 +21,7 @@ from bench.selection import SealedSplit, sealed_test
 from bench.spec import TrialSpec
 from bench.suite import Suite, load_suite
 from bench.trial import build_context, run_trial
-from bench.tune import TunePlan, draw_points, parse_space, search_folder, stack_space, suite_spaces
+from bench.tune import TunePlan, draw_points, parse_space, plan_cells, search_folder, stack_space, suite_spaces
 
 FAST = {"clip_adapter": {"epochs": 4, "batch_size": 8, "views": 2}}
 
@@ -206,3 +206,13 @@ def test_asha_compares_a_trial_with_its_own_cell_only_and_never_stops_the_config
     assert verdict["a3"] == TrialScheduler.STOP  # worst of its cell at the first rung
     assert verdict["a0"] == verdict["b1"] == TrialScheduler.CONTINUE  # configured settings; another cell
     assert asha.on_trial_result(None, trials["a1"], {"progress": "epoch 2"}) == TrialScheduler.CONTINUE
+
+
+def test_a_search_over_coop_on_top_of_mask_shares_the_masks_stage(fixture_root, tmp_path):
+    suite = fixture_suite(mask={})  # mask's settings not searched: every trial restores the same masks
+    suite.methods, suite.pretrained = ["coop+mask"], "bundled"
+    specs = plan_trials(suite, run="r", results=str(tmp_path), cache_dir=str(tmp_path / "cache"),
+                        data_root=str(fixture_root))
+    (cell,) = plan_cells(specs, suite, budget=3, search="random")
+    assert {t.stage_key(0) for t in cell.trials} == {specs[0].stage_key(0)}
+    assert len({t.stage_key(1) for t in cell.trials}) == 3 and set(cell.space) == {"coop.lr", "coop.n_ctx"}
