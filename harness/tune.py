@@ -321,8 +321,8 @@ def cell_asha():
 
     class CellASHA(FIFOScheduler):
         """One ASHA per cell, so a trial is only ever compared with trials of its own cell on the epochs its
-        last method reports (``epoch``, ``val_top1``). Fixed and final trials, and each cell's configured
-        settings (trial 0), run to the end."""
+        last method reports (``epoch``, ``val_top1``). Fixed and final trials run to the end, and so does each
+        cell's configured settings (trial 0), whose epochs still count in its cell's rungs."""
 
         def __init__(self):
             super().__init__()
@@ -331,12 +331,12 @@ def cell_asha():
         def _asha(self, trial):
             spec = trial.config.get("spec", {})
             tuning = spec.get("tuning") or {}
-            if spec.get("selection") not in SEARCH_TRIALS or not tuning.get("trial"):
+            if spec.get("selection") not in SEARCH_TRIALS:
                 return None
             if tuning["cell"] not in self.cells:
                 most = max(1, int(tuning.get("max_epochs", 1)))
                 self.cells[tuning["cell"]] = AsyncHyperBandScheduler(
-                    time_attr="epoch", metric="val_top1", mode="max", max_t=most,
+                    time_attr="epoch", metric="val_top1", mode="max", max_t=most, stop_last_trials=False,
                     grace_period=max(1, most // ASHA_REDUCTION ** 2), reduction_factor=ASHA_REDUCTION)
             return self.cells[tuning["cell"]]
 
@@ -346,7 +346,9 @@ def cell_asha():
 
         def on_trial_result(self, tune_controller, trial, result):
             asha = self._asha(trial)
-            return TrialScheduler.CONTINUE if asha is None else asha.on_trial_result(tune_controller, trial, result)
+            action = TrialScheduler.CONTINUE if asha is None else asha.on_trial_result(tune_controller, trial, result)
+            configured = trial.config["spec"]["tuning"].get("trial") == 0 if asha is not None else True
+            return TrialScheduler.CONTINUE if configured else action
 
         def on_trial_complete(self, tune_controller, trial, result):
             asha = self._asha(trial)

@@ -202,9 +202,10 @@ def test_asha_compares_a_trial_with_its_own_cell_only_and_never_stops_the_config
     for t in trials.values():
         asha.on_trial_add(None, t)
     verdict = {name: asha.on_trial_result(None, trials[name], {"epoch": 1, "val_top1": v})
-               for name, v in (("a1", 90.0), ("a2", 80.0), ("a0", 5.0), ("a3", 10.0), ("b1", 10.0))}
+               for name, v in (("a1", 90.0), ("a2", 80.0), ("a3", 10.0), ("a0", 5.0), ("b1", 10.0))}
     assert verdict["a3"] == TrialScheduler.STOP  # worst of its cell at the first rung
     assert verdict["a0"] == verdict["b1"] == TrialScheduler.CONTINUE  # configured settings; another cell
+    assert asha.on_trial_result(None, trials["a1"], {"epoch": 9, "val_top1": 95.0}) == TrialScheduler.CONTINUE
     assert asha.on_trial_result(None, trials["a1"], {"progress": "epoch 2"}) == TrialScheduler.CONTINUE
 
 
