@@ -109,27 +109,42 @@ def _domain(search: Search, kind: type):
 
 
 def _grid_values(search: Search, kind: type, k: int) -> list:
+    """``k`` values of an axis: the centres of ``k`` equal parts of the range (in log space for a log range),
+    or of the list of choices."""
+    centres = (np.arange(k) + 0.5) / k
     if search.choices:
-        picks = np.linspace(0, len(search.choices) - 1, min(k, len(search.choices)))
-        return [search.choices[int(round(i))] for i in picks]
-    if k == 1:
-        values = [math.sqrt(search.low * search.high) if search.log else (search.low + search.high) / 2]
+        return list(dict.fromkeys(search.choices[int(c * len(search.choices))] for c in centres))
+    if search.log:
+        values = np.exp(np.log(search.low) + centres * (np.log(search.high) - np.log(search.low)))
     else:
-        values = list((np.geomspace if search.log else np.linspace)(search.low, search.high, k))
+        values = search.low + centres * (search.high - search.low)
     return list(dict.fromkeys(int(round(v)) if kind is int else float(v) for v in values))
+
+
+def _grid_sizes(space: dict[str, Search], n: int) -> list[int]:
+    """Values per axis: one more on each axis in turn while the grid stays within ``n`` points (an axis of
+    choices stops at its number of choices)."""
+    sizes, limits = [1] * len(space), [len(s.choices) or n for s in space.values()]
+    grown = True
+    while grown:
+        grown = False
+        for i in range(len(sizes)):
+            if sizes[i] < limits[i] and math.prod(sizes) // sizes[i] * (sizes[i] + 1) <= n:
+                sizes[i] += 1
+                grown = True
+    return sizes
 
 
 def draw_points(space: dict[str, Search], hints: dict[str, Any], n: int, search: str,
                 seed: int) -> list[dict[str, Any]]:
     """``n`` points of ``space`` (``method.key`` -> value): Ray Tune's random sampling from ``seed`` for
-    random and asha; for grid, the same number of values on every axis, as many as ``n`` allows (so at
-    most ``n`` points)."""
+    random and asha; for grid, as many values on every axis as ``n`` allows (at most ``n`` points)."""
     if n <= 0 or not space:
         return []
     kinds = {key: _base_type(hints[key]) for key in space}
     if search == "grid":
-        k = max(1, int(n ** (1 / len(space)) + 1e-9))
-        axes = [[(key, v) for v in _grid_values(s, kinds[key], k)] for key, s in space.items()]
+        axes = [[(key, v) for v in _grid_values(s, kinds[key], k)]
+                for (key, s), k in zip(space.items(), _grid_sizes(space, n))]
         points = [dict(p) for p in itertools.product(*axes)][:n]
     else:
         rng = np.random.default_rng(seed)

@@ -67,7 +67,8 @@ def test_points_are_drawn_reproducibly_within_the_space():
     assert all(1e-4 <= p["coop.lr"] <= 1e-2 and p["coop.n_ctx"] in (4, 8, 16) for p in points)
     grid = draw_points(space, hints, 5, "grid", seed=7)  # 2 values per axis: 4 points, at most the budget
     assert len(grid) == 4 and {p["coop.n_ctx"] for p in grid} == {4, 16}
-    assert {p["coop.lr"] for p in grid} == {1e-4, 1e-2}
+    assert {p["coop.lr"] for p in grid} == {3.162e-4, 3.162e-3}  # the centres of the two halves, in log space
+    assert len(draw_points(space, hints, 3, "grid", seed=7)) == 3  # 3 lr values, one n_ctx
 
 
 def test_fixed_rows_keep_their_trial_ids_and_tuned_rows_get_their_own():
