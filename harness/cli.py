@@ -4,8 +4,8 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import os
-import typing
 import sys
+import typing
 from enum import Enum
 from pathlib import Path
 from typing import List, Optional
@@ -152,7 +152,10 @@ def _run_locked(folder, specs, suite, *, retry_failed, address, cpus_per_trial, 
     launch = functools.partial(run_with_ray, address=address, cpus_per_trial=cpus_per_trial or suite.cpus_per_trial,
                                gpus_per_trial=gpus, max_concurrent=max_concurrent, console=err)
     try:
-        tuning.run(todo, launch) if tuning is not None else launch(todo)
+        if tuning is not None:
+            tuning.run(todo, launch)
+        else:
+            launch(todo)
     except KeyboardInterrupt:
         err.print("interrupted: finished trials are kept")
 

@@ -33,7 +33,7 @@ from .console import err
 from .errors import BenchError
 from .plugin import Search, coerce
 from .results import RunFolder
-from .selection import FIXED, ORACLE, SEARCH_TRIALS, VAL_TUNED
+from .selection import SEARCH_TRIALS
 from .spec import TrialSpec
 
 SEARCHES = ("random", "grid", "asha")
@@ -259,11 +259,6 @@ def plan_cells(specs: list[TrialSpec], suite, budget: int, search: str, oracle: 
 
 
 # -- choosing ----------------------------------------------------------------------------------------
-def read_search(spec: TrialSpec) -> Any:
-    """The search table of ``spec``'s run (every cell), or an empty frame."""
-    return search_folder(spec).read()
-
-
 def choose(cell: Cell, rows) -> tuple[int, dict[str, Any], float] | None:
     """(trial, settings, objective) of the cell's best complete trial — ties to the earlier trial, so the
     configured settings win a tie — or None when no trial of the cell finished."""
@@ -311,18 +306,18 @@ class TunePlan:
             launch(todo, scheduler=cell_asha() if self.search == "asha" else None,
                    callbacks=[stopped_trials()] if self.search == "asha" else [])
         rows = self.cells[0].folder.read() if self.cells else None
-        selection = ORACLE if self.oracle else VAL_TUNED
         for cell in self.cells:
+            objective, selection = SEARCH_TRIALS[cell.trials[0].selection]
             picked = choose(cell, rows)
             if picked is None:
                 err.print(f"{cell.name}: no search trial finished; no {selection} row (see "
                           f"{cell.folder.location})", highlight=False, soft_wrap=True)
                 continue
-            trial, settings, objective = picked
+            trial, settings, score = picked
             self.finals.append(cell.final(settings, selection))
             shown = ", ".join(f"{k}={v}" for k, v in settings.items())
-            err.print(f"{cell.name}: chose {shown} (trial {trial + 1} of {len(cell.trials)}, "
-                      f"{SEARCH_TRIALS[cell.trials[0].selection][0]} {objective:.2f})", highlight=False, soft_wrap=True)
+            err.print(f"{cell.name}: chose {shown} (trial {trial + 1} of {len(cell.trials)}, {objective} {score:.2f})",
+                      highlight=False, soft_wrap=True)
         folder = RunFolder(self.cells[0].fixed.results, self.cells[0].fixed.run) if self.cells else None
         finished = folder.done_ids() if folder else set()
         left = [f for f in self.finals if f.trial_id not in finished]
