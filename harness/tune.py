@@ -259,15 +259,17 @@ def plan_cells(specs: list[TrialSpec], suite, budget: int, search: str, oracle: 
 
 
 # -- choosing ----------------------------------------------------------------------------------------
-def choose(cell: Cell, rows) -> tuple[int, dict[str, Any], float] | None:
+def choose(cell: Cell, rows) -> tuple[int, dict[str, Any], float, float] | None:
     """(trial, settings, objective) of the cell's best complete trial — ties to the earlier trial, so the
-    configured settings win a tie — or None when no trial of the cell finished."""
+    configured settings win a tie — and the configured settings' objective; None when no trial finished."""
     objective, _ = SEARCH_TRIALS[cell.trials[0].selection]
     mine = rows[(rows["tune_cell"] == cell.cell) & (rows["status"] == "ok")]
     if mine.empty:
         return None
     best = mine.sort_values([objective, "tune_trial"], ascending=[False, True], kind="stable").iloc[0]
-    return int(best["tune_trial"]), json.loads(best["tuned"]), float(best[objective])
+    configured = mine.loc[mine["tune_trial"] == 0, objective]
+    return (int(best["tune_trial"]), json.loads(best["tuned"]), float(best[objective]),
+            float(configured.iloc[0]) if len(configured) else float("nan"))
 
 
 # -- running -----------------------------------------------------------------------------------------
@@ -313,11 +315,11 @@ class TunePlan:
                 err.print(f"{cell.name}: no search trial finished; no {selection} row (see "
                           f"{cell.folder.location})", highlight=False, soft_wrap=True)
                 continue
-            trial, settings, score = picked
+            trial, settings, score, configured = picked
             self.finals.append(cell.final(settings, selection))
             shown = ", ".join(f"{k}={v}" for k, v in settings.items())
-            err.print(f"{cell.name}: chose {shown} (trial {trial + 1} of {len(cell.trials)}, {objective} {score:.2f})",
-                      highlight=False, soft_wrap=True)
+            err.print(f"{cell.name}: chose {shown} (trial {trial + 1} of {len(cell.trials)}, {objective} {score:.2f}; "
+                      f"configured settings {configured:.2f})", highlight=False, soft_wrap=True)
         folder = RunFolder(self.cells[0].fixed.results, self.cells[0].fixed.run) if self.cells else None
         finished = folder.done_ids() if folder else set()
         left = [f for f in self.finals if f.trial_id not in finished]
