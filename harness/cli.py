@@ -316,9 +316,11 @@ def _write_figures_and_html(rows, folder, scores, shots, std: bool, plot: Option
     from .html_report import html_document, write_html
     from .report import errors_table
 
-    from .report import table_rows
+    from .report import selections, table_rows
+    from .selection import ORACLE
 
     chosen, _ = table_rows(rows)
+    chosen = chosen[selections(chosen) != ORACLE]  # test-selected rows are kept out of the figures
     chosen = chosen if shots is None else chosen[chosen.shots == shots]
     figures = report_figures(chosen, scores, folder.artifact_dir)
     for path in save_figures(figures, plot) if plot else []:
