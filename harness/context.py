@@ -92,14 +92,18 @@ class TrialContext:
         """A CPU generator seeded from the trial seed (``stream`` separates independent uses)."""
         return torch.Generator().manual_seed(int(self.spec.seed) * 1_000_003 + stream)
 
-    def report_epoch(self, epoch: int) -> None:
+    def report_epoch(self, epoch: int, image_logits: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         """A training loop's hook after each epoch (0-based): when a search listens, score the classifier
-        as it stands on the few-shot val split and pass (epoch + 1, top-1 %) on. Scoring leaves the random
-        state as it was, so a trial that is listened to trains exactly as one that is not."""
+        as it stands on the few-shot val split and pass (epoch + 1, top-1 %) on. ``image_logits`` scores the
+        val images instead, for a method whose state is not in the classifier yet (masks applied on the fly).
+        Scoring leaves the random state as it was, so a trial that is listened to trains as one that is not."""
         if self.epoch_listener is None or not self.split("val"):
             return
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []), torch.no_grad():
-            logits = torch.cat([self.clf.logits_from_features(f) for f in self.features("val")[0].split(500)])
+            if image_logits is None:
+                logits = torch.cat([self.clf.logits_from_features(f) for f in self.features("val")[0].split(500)])
+            else:
+                logits = torch.cat([image_logits(x.to(self.device)) for x, _ in self.loader("val")])
             top1 = 100.0 * float((logits.argmax(-1) == self.labels("val")).float().mean())
         self.epoch_listener(epoch + 1, top1)
 

@@ -154,6 +154,11 @@ def draw_points(space: dict[str, Search], hints: dict[str, Any], n: int, search:
             for p in points]
 
 
+def _epochs(config) -> int:
+    """At most how many epochs a method trains (a fixed step count bounds them too: one step or more each)."""
+    return int(getattr(config, "steps", None) or getattr(config, "epochs", None) or 1)
+
+
 def _nested(flat: dict[str, Any]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for key, value in flat.items():
@@ -250,7 +255,7 @@ def plan_cells(specs: list[TrialSpec], suite, budget: int, search: str, oracle: 
                                       selection=selection, tuning={**base, "trial": i, "settings": point})
                   for i, point in enumerate(points)]
         if search == "asha":
-            most = max((getattr(t.configs()[-1][1], "epochs", 1) or 1) for t in trials)
+            most = max(_epochs(t.configs()[-1][1]) for t in trials)
             trials = [dataclasses.replace(t, tuning={**t.tuning, "max_epochs": int(most)}) for t in trials]
         for t in trials:
             t.configs()  # every point is a valid setting (e.g. a Config's cross-checks), now

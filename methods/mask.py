@@ -217,7 +217,9 @@ class MaskTuning(Method):
         visual.train()
         try:  # cosine per epoch (the paper); with a fixed step count, per step over those steps
             train_epochs(epochs, lambda epoch: loader, step, scheduler=sched, per_batch=cfg.steps is not None,
-                         max_steps=total, report=(ctx.progress, self.name, max(epochs // 10, 1)), detail=detail)
+                         max_steps=total, report=(ctx.progress, self.name, max(epochs // 10, 1)), detail=detail,
+                         val_report=lambda epoch: ctx.report_epoch(epoch, lambda images: clf.logits_from_features(
+                             masked_forward(visual, scores, cfg.threshold, images))))
         finally:
             visual.train(was_training)
         steps_taken, loss = done

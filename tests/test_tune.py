@@ -178,8 +178,11 @@ def test_oracle_rows_are_never_put_beside_the_others():
 
 
 # -- epochs and ASHA -------------------------------------------------------------------------------------
-def test_epoch_reports_leave_training_as_it_was(fixture_root, one_thread):
-    spec = plan_trials(fixture_suite(), run="r", results="unused", data_root=str(fixture_root))[0]
+@pytest.mark.parametrize("stack", ["clip_adapter", "mask"])
+def test_epoch_reports_leave_training_as_it_was(stack, fixture_root, one_thread):
+    suite = fixture_suite()
+    suite.methods, suite.set = [stack], {**FAST, "mask": {"steps": 4, "batch_size": 8, "lr": 0.05}}
+    spec = plan_trials(suite, run="r", results="unused", data_root=str(fixture_root))[0]
     heard = []
     listened = run_trial(spec, on_epoch=lambda epoch, top1: heard.append((epoch, top1)))
     plain = run_trial(spec)
