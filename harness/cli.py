@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 import re
 import sys
+import typing
 from enum import Enum
 from pathlib import Path
 from typing import List, Optional
@@ -67,6 +69,14 @@ def run(
     infer_batch_size: int = typer.Option(100, help="Batch size of the inference-speed measurement."),
 ):
     """Run every trial (dataset x shots x seed x method stack) of a suite; finished trials are skipped."""
+    _run_command(**locals())
+
+
+def _run_command(suite, methods, datasets, shots, seeds, model, pretrained, data_root, run_name, results, device,
+                 gpus_per_trial, cpus_per_trial, max_concurrent, address, set_, retry_failed, cache_dir, no_cache,
+                 report_after, infer_images, infer_batch_size, tuning: Optional[dict] = None):
+    """`bench run`; with ``tuning`` (budget, search, oracle), `bench tune`: the fixed trials and a search per
+    cell, then the chosen settings (bench.tune)."""
     from .plan import check_names, parse_sets
     from .results import RunFolder
     from .suite import load_suite
@@ -90,11 +100,17 @@ def run(
         data_root=data_root, device=device, sets=sets,
         cache_dir=None if no_cache else (cache_dir or default_cache_dir()),
         infer_images=-1 if infer_images is None else infer_images, infer_batch_size=infer_batch_size)
+    if tuning is not None:
+        from .tune import TunePlan
+
+        tuning = TunePlan(specs, spec_suite, **tuning)
     folder = RunFolder(results, run_name)
     folder.ensure()
     with folder.lock():
         _run_locked(folder, specs, spec_suite, retry_failed=retry_failed, address=address,
-                    cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, max_concurrent=max_concurrent)
+                    cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, max_concurrent=max_concurrent,
+                    tuning=tuning)
+    specs = [*specs, *(tuning.finals if tuning is not None else [])]
     ids = {s.trial_id for s in specs}
     every = folder.read()
     rows = every[every.trial_id.isin(ids)]
@@ -137,22 +153,55 @@ def _default_run_name(suite, datasets: Optional[list[str]]) -> str:
 
 
 def _run_locked(folder, specs, suite, *, retry_failed, address, cpus_per_trial, gpus_per_trial,
-                max_concurrent) -> None:
+                max_concurrent, tuning=None) -> None:
     status = folder.statuses()  # trial id -> ok: one listing of the run
     todo = [s for s in specs if (status.get(s.trial_id) is False if retry_failed else not status.get(s.trial_id))]
     err.print(f"[bold]{folder.run}[/]: {len(specs)} trials, {len(specs) - len(todo)} already done or skipped, "
               f"running {len(todo)} -> {folder.location}")
-    if not todo:
+    if not todo and tuning is None:
         return
+    import functools
+
     from .scheduler import run_with_ray
 
     gpus = gpus_per_trial if gpus_per_trial is not None else (
-        suite.gpus_per_trial or (1.0 if todo[0].device == "cuda" else 0.0))
+        suite.gpus_per_trial or (1.0 if specs[0].device == "cuda" else 0.0))
+    launch = functools.partial(run_with_ray, address=address, cpus_per_trial=cpus_per_trial or suite.cpus_per_trial,
+                               gpus_per_trial=gpus, max_concurrent=max_concurrent, console=err)
     try:
-        run_with_ray(todo, address=address, cpus_per_trial=cpus_per_trial or suite.cpus_per_trial,
-                     gpus_per_trial=gpus, max_concurrent=max_concurrent, console=err)
+        if tuning is not None:
+            tuning.run(todo, launch)
+        else:
+            launch(todo)
     except KeyboardInterrupt:
         err.print("interrupted: finished trials are kept")
+
+
+class SearchKind(str, Enum):
+    random = "random"
+    grid = "grid"
+    asha = "asha"
+
+
+def tune(**options):
+    """Choose each stack's settings per cell by a search on the few-shot validation split (Ray Tune), then run
+    them: every cell gets its fixed row and its val-tuned row; the search's trials go to <run>/search/."""
+    budget, search, oracle = options.pop("budget"), options.pop("search"), options.pop("oracle")
+    _run_command(**options, tuning={"budget": budget, "search": search.value, "oracle": oracle})
+
+
+tune.__signature__ = inspect.signature(run).replace(parameters=[  # run's options (types resolved), then tune's
+    *(p.replace(annotation=typing.get_type_hints(run)[p.name]) for p in inspect.signature(run).parameters.values()),
+    inspect.Parameter("budget", inspect.Parameter.KEYWORD_ONLY, annotation=int, default=typer.Option(
+        20, help="Search trials per cell, the configured settings included; the same for every stack.")),
+    inspect.Parameter("search", inspect.Parameter.KEYWORD_ONLY, annotation=SearchKind, default=typer.Option(
+        SearchKind.random, help="random, grid (at most --budget points), or asha (random, weak settings "
+                                "stopped early on their epochs' validation accuracy).")),
+    inspect.Parameter("oracle", inspect.Parameter.KEYWORD_ONLY, annotation=bool, default=typer.Option(
+        False, "--oracle", help="Select on the TEST split, only to measure how much that inflates a method; "
+                                "its rows say 'oracle' and are reported apart.")),
+])
+app.command()(tune)
 
 
 def _print_report(rows, shots, fmt: Format, std: bool, compare: Optional[str] = None, scores=None,
@@ -182,7 +231,7 @@ def _report_tables(rows, shots, std: bool, scores=None, run: str = ""):
     """(title, header, body, gain rows, footer lines, shots, mean table, metric) per metric and shot count;
     gain rows carry paired-bootstrap intervals where the trials kept their predictions (``scores``)."""
     from .intervals import gain_intervals
-    from .report import gain_rows, metrics_of, protocol_tables, table_footer, table_rows, text_rows
+    from .report import gain_rows, metrics_of, protocol_tables, selection_groups, table_footer, table_rows, text_rows
 
     every = rows
     rows, note = table_rows(rows)
@@ -190,16 +239,17 @@ def _report_tables(rows, shots, std: bool, scores=None, run: str = ""):
         err.print(f"note: {note}", highlight=False, soft_wrap=True)
     if rows.empty:
         raise BenchError("no rows left to report after setting aside rows made on other data")
-    for metric, caption in metrics_of(rows):
-        for k, (mean, sd) in protocol_tables(rows, shots, metric).items():
-            gains = gain_rows(mean)
-            ci = gain_intervals(rows[(rows.status == "ok") & (rows.shots == k)], gains, scores, metric) \
-                if scores is not None and len(gains) else None
-            title = f"{k}-shot {caption}, mean over seeds"
-            if ci is not None and ci.notna().any().any():
-                title += "; gains [95% paired-bootstrap interval], * = excludes 0"
-            footer = table_footer(every, rows, mean, k, run)
-            yield (title, *text_rows(mean, sd if std else None, gains, ci), footer, k, mean, metric)
+    for chosen, part in selection_groups(rows):  # oracle rows apart from the others
+        for metric, caption in metrics_of(part):
+            for k, (mean, sd) in protocol_tables(part, shots, metric).items():
+                gains = gain_rows(mean)
+                ci = gain_intervals(part[(part.status == "ok") & (part.shots == k)], gains, scores, metric) \
+                    if scores is not None and len(gains) else None
+                title = f"{k}-shot {caption}, mean over seeds{chosen}"
+                if ci is not None and ci.notna().any().any():
+                    title += "; gains [95% paired-bootstrap interval], * = excludes 0"
+                footer = table_footer(every, part, mean, k, run)
+                yield (title, *text_rows(mean, sd if std else None, gains, ci), footer, k, mean, metric)
 
 
 # datasets per block of a compared table on the terminal: 1 + 3 x 4 columns fit 200 characters uncut
@@ -308,16 +358,22 @@ def _write_figures_and_html(rows, folder, scores, shots, std: bool, plot: Option
     from .html_report import html_document, write_html
     from .report import errors_table
 
-    from .report import table_rows
+    from .report import selections, table_rows
+    from .selection import ORACLE
 
     chosen, _ = table_rows(rows)
+    chosen = chosen[selections(chosen) != ORACLE]  # test-selected rows are kept out of the figures
     chosen = chosen if shots is None else chosen[chosen.shots == shots]
     figures = report_figures(chosen, scores, folder.artifact_dir)
     for path in save_figures(figures, plot) if plot else []:
         err.print(f"wrote {path}")
     if html_path:
         tables = [t[:5] for t in _report_tables(rows, shots, std, scores, folder.run)]
-        err.print(f"wrote {write_html(html_path, html_document(folder.run, tables, figures, rows, errors_table(rows)))}")
+        from .tune import search_table
+
+        document = html_document(folder.run, tables, figures, rows, errors_table(rows),
+                                 search=search_table(folder))
+        err.print(f"wrote {write_html(html_path, document)}")
 
 
 @app.command("list")
@@ -337,16 +393,18 @@ def list_(what: Kind = typer.Argument(..., help="methods, suites, datasets or mo
         if name:
             _show_method(get_method(name))
             return
-        table = Table("method", "parts it changes", "description", "hyper-parameters (defaults)", "trains")
+        table = Table("method", "parts it changes", "description", "hyper-parameters (defaults)", "trains",
+                      "`bench tune` searches")
         for name, m in sorted(methods().items()):
             params = ", ".join(f"{f.name}={_default(f)}" for f in dataclasses.fields(m.Config))
             if m.variant_of:
                 params = "as " + m.variant_of + ", but " + ", ".join(
                     f"{k}={_shown(v)}" for k, v in m.variant_settings.items())
+            space = ", ".join(f"{k} {s}" for k, s in m.search_space().items())
             table.add_row(name, ", ".join(p.label for p in sorted(m.changes)) or "-", m.description, params or "-",
-                          m.trains or "-")
+                          m.trains or "-", space or "- (fixed)")
         for name, why in broken_plugins().items():
-            table.add_row(name, "-", f"[red]failed to load: {why}[/]", "-", "-")
+            table.add_row(name, "-", f"[red]failed to load: {escape(str(why))}[/]", "-", "-", "-")
         table.caption = escape("a variant is a method under its own name with settings of its own; suite files "
                                "add theirs in a [variants] table (`bench list methods --suite FILE` shows them); "
                                "`bench list methods NAME` shows one method's settings")
@@ -387,6 +445,9 @@ def _show_method(method) -> None:
              "settings (--set " + method.name + ".KEY=VALUE), defaults:"]
     config = method.make_config("", 1)
     lines += [f"  {f.name} = {_shown(getattr(config, f.name))}" for f in dataclasses.fields(method.Config)]
+    space = method.search_space()
+    lines += ["`bench tune` searches:" if space else "`bench tune` searches nothing (the method is fixed)"]
+    lines += [f"  {k} {s}" for k, s in space.items()]
     for line in lines:
         out.print(line, markup=False, highlight=False, soft_wrap=True)
 

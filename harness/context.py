@@ -64,6 +64,7 @@ class TrialContext:
     encoder_id: str = ""  # identity of the encoder's weights; the harness updates it after an encoder stage
     cache: FeatureCache | None = None  # features shared across trials and runs (None: within the trial only)
     num_workers: int = 0  # image-decoding worker processes (0 on CPU, several on GPU)
+    epoch_listener: Callable[[int, float], None] | None = None  # a search's early stopping: (epoch, val top-1)
     _features: dict = dataclasses.field(default_factory=dict)
     _decoded: dict = dataclasses.field(default_factory=dict)
     _items_ids: dict = dataclasses.field(default_factory=dict)
@@ -90,6 +91,21 @@ class TrialContext:
     def generator(self, stream: int = 0) -> torch.Generator:
         """A CPU generator seeded from the trial seed (``stream`` separates independent uses)."""
         return torch.Generator().manual_seed(int(self.spec.seed) * 1_000_003 + stream)
+
+    def report_epoch(self, epoch: int, image_logits: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        """A training loop's hook after each epoch (0-based): when a search listens, score the classifier
+        as it stands on the few-shot val split and pass (epoch + 1, top-1 %) on. ``image_logits`` scores the
+        val images instead, for a method whose state is not in the classifier yet (masks applied on the fly).
+        Scoring leaves the random state as it was, so a trial that is listened to trains as one that is not."""
+        if self.epoch_listener is None or not self.split("val"):
+            return
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []), torch.no_grad():
+            if image_logits is None:
+                logits = torch.cat([self.clf.logits_from_features(f) for f in self.features("val")[0].split(500)])
+            else:
+                logits = torch.cat([image_logits(x.to(self.device)) for x, _ in self.loader("val")])
+            top1 = 100.0 * float((logits.argmax(-1) == self.labels("val")).float().mean())
+        self.epoch_listener(epoch + 1, top1)
 
     # -- text ----------------------------------------------------------------------------------
     @torch.no_grad()

@@ -35,12 +35,14 @@ def _id_or_none(spec: TrialSpec) -> str | None:
 
 
 def execute_trial(spec: TrialSpec, progress: Callable[[str], None] = lambda m: None,
-                  where: dict[str, Any] | None = None) -> dict[str, Any]:
+                  where: dict[str, Any] | None = None,
+                  on_epoch: Callable[[int, float], None] | None = None) -> dict[str, Any]:
     """Run ``spec`` and write its row into the run folder; a failure becomes an error row.
 
     Every ``progress`` message also goes, timestamped, into the trial's ``artifacts/<trial_id>/log.txt``
     (one block per attempt, each opened by a line naming the trial and where it runs).
-    ``where`` names the place that ran it (the Ray node's ``node_id`` and ``node_ip``) and goes into the row.
+    ``where`` names the place that ran it (the Ray node's ``node_id`` and ``node_ip``) and goes into the row;
+    ``on_epoch`` listens to the last method's epochs (:func:`bench.trial.run_trial`).
     The traceback of an unexpected failure is written next to the rows as ``<trial_id>.traceback.txt``.
     Artifacts reach the results location before the row does, so a row never points at missing files.
     Raises ``RowWriteError`` when the row itself cannot be stored (an object store that refuses the PUT).
@@ -55,7 +57,8 @@ def execute_trial(spec: TrialSpec, progress: Callable[[str], None] = lambda m: N
     try:
         row = {**spec_fields(spec), "hostname": socket.gethostname(), **where,
                **run_trial(spec, progress, artifact_dir=artifacts,
-                          keep_predictions=functools.partial(folder.write_predictions, spec.trial_id))}
+                          keep_predictions=functools.partial(folder.write_predictions, spec.trial_id),
+                          on_epoch=on_epoch)}
     except BenchError as err:
         row = error_row(spec, str(err), where)
     except Exception as err:  # a bug or a resource problem inside one trial must not end the run

@@ -107,9 +107,10 @@ def metadata_rows(rows: pd.DataFrame) -> list[list[str]]:
 
 
 def html_document(run: str, tables: list[tuple], figures: dict, rows: pd.DataFrame,
-                  errors: list[list[str]], note: str = "") -> str:
+                  errors: list[list[str]], note: str = "", search: tuple[str, list, list] | None = None) -> str:
     """The page: ``tables`` as (caption, header, body, gain rows[, footer lines]), ``figures`` as
-    {name: matplotlib figure}. Failed trials come first, where they are seen."""
+    {name: matplotlib figure}, ``search`` the run's search table (bench.tune) as (caption, header, body).
+    Failed trials come first, where they are seen."""
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     parts = ["<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
              f"<title>bench report: {html.escape(run)}</title><style>{_STYLE}</style></head><body>",
@@ -125,6 +126,8 @@ def html_document(run: str, tables: list[tuple], figures: dict, rows: pd.DataFra
     for caption, header, body, gain, *footer in tables:
         parts.append(_table(caption, header, body, gain))
         parts += [f"<p class='note footer'>{html.escape(line)}</p>" for line in (footer[0] if footer else [])]
+    if search is not None:
+        parts += ["<h2>Search</h2>", _table(*search, css="search")]
     parts.append("<h2>Figures</h2>")
     parts += [_figure(name, fig) for name, fig in figures.items()]
     parts.append("<h2>Run</h2>")

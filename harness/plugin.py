@@ -61,6 +61,57 @@ class Range:
         return " and ".join(parts)
 
 
+@dataclasses.dataclass(frozen=True)
+class Search:
+    """Where `bench tune` searches a setting, declared on its Config field beside its Range:
+    ``lr: Annotated[float, Positive, Search(low=1e-4, high=1e-2, log=True)]``, or ``Search(choices=(4, 8, 16))``.
+
+    Declared only where the method's paper or code tuned the setting; a suite file's ``[search.<method>]``
+    table replaces a method's declared space."""
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = False  # sample log-uniformly (learning rates, regularisation strengths)
+    choices: tuple = ()  # a finite set of values instead of a range
+
+    def __post_init__(self):
+        if self.choices:
+            if self.low is not None or self.high is not None:
+                raise ValueError("a Search has either choices or low/high, not both")
+            object.__setattr__(self, "choices", tuple(self.choices))
+        elif self.low is None or self.high is None or not self.low < self.high:
+            raise ValueError(f"a Search range needs low < high, got {self.low!r}, {self.high!r}")
+        elif self.log and self.low <= 0:
+            raise ValueError(f"a log Search range needs low > 0, got {self.low!r}")
+
+    def __str__(self) -> str:
+        if self.choices:
+            return "{" + ", ".join(_shown(c) for c in self.choices) + "}"
+        return f"{'log ' if self.log else ''}[{self.low:g}, {self.high:g}]"
+
+
+def _shown(value) -> str:
+    return str(value).lower() if isinstance(value, bool) else (f"{value:g}" if isinstance(value, float) else str(value))
+
+
+def declared_space(config_cls: type) -> dict[str, Search]:
+    """The settings a Config declares a :class:`Search` for: field name -> Search."""
+    hints = typing.get_type_hints(config_cls, include_extras=True)
+    out = {}
+    for field in dataclasses.fields(config_cls):
+        for mark in _marks(hints[field.name]):
+            if isinstance(mark, Search):
+                out[field.name] = mark
+    return out
+
+
+def _marks(hint) -> list:
+    """The Annotated marks of a hint, looking inside Optional[...]."""
+    if typing.get_origin(hint) is typing.Annotated:
+        return list(typing.get_args(hint)[1:])
+    return [m for arg in typing.get_args(hint) for m in _marks(arg)]
+
+
 Positive = Range(min=0, min_exclusive=True)
 AtLeastOne = Range(min=1)
 NonNegative = Range(min=0)
@@ -118,6 +169,11 @@ class Method:
     def check_model(cls, config, image_blocks: int | None) -> None:
         """Raise a BenchError when ``config`` cannot work on the run's model, whose image encoder has
         ``image_blocks`` transformer blocks (None: not a ViT); called before the first trial starts."""
+
+    @classmethod
+    def search_space(cls) -> dict[str, Search]:
+        """Where `bench tune` searches this method's settings (empty: the method is defined as fixed)."""
+        return declared_space(cls.Config)
 
     # -- reuse across trials (optional) ---------------------------------------------------------
     def export(self, clf, directory: Path) -> None:

@@ -10,6 +10,9 @@ import pandas as pd
 
 from .errors import BenchError
 from .results import RunFolder, list_runs
+from .selection import FIXED, ORACLE
+
+SELECTION_ORDER = (FIXED, "val-tuned", ORACLE)
 
 def load_rows(results: str, run: str) -> pd.DataFrame:
     folder = RunFolder(results, run)
@@ -89,9 +92,12 @@ def _value(v) -> str:
 
 
 def _variant(row, stack: str) -> dict[str, str]:
-    """What tells this row's configuration apart: its non-default settings, model and weights."""
+    """What tells this row's configuration apart: its non-default settings (but those a search chose), model
+    and weights."""
     several = "+" in stack
-    out = {(f"{m}.{k}" if several else k): _value(v) for m, kv in _settings(row).items() for k, v in kv.items()}
+    chosen = json.loads(row.tuned) if isinstance(getattr(row, "tuned", None), str) else {}
+    out = {(f"{m}.{k}" if several else k): _value(v) for m, kv in _settings(row).items() for k, v in kv.items()
+           if f"{m}.{k}" not in chosen}
     out["model"] = str(row.model)
     out["weights"] = str(row.pretrained)
     return out
@@ -104,17 +110,52 @@ def label_rows(rows: pd.DataFrame) -> pd.Series:
     """One report row per stack *and* configuration: a stack run with two settings (or models, weights) in
     one run gives two labelled rows, e.g. ``mask`` and ``mask (gdr=false, lr=0.001)``."""
     labels = dict(zip(rows.index, rows["stack"].to_numpy(dtype=object)))
-    for stack, group in rows.groupby("stack"):
+    fields = _VARIANT_FIELDS + (["tuned"] if "tuned" in rows else [])
+    for (stack, selection), group in rows.groupby([rows["stack"], selections(rows)]):
         seen: dict[tuple, dict] = {}  # rows of one configuration: worked out once
         variants = {i: seen[r] if r in seen else seen.setdefault(r, _variant(r, stack))
-                    for i, r in zip(group.index, group[_VARIANT_FIELDS].itertuples(index=False))}
+                    for i, r in zip(group.index, group[fields].itertuples(index=False))}
         keys = sorted({k for v in variants.values() for k in v})
         differing = [k for k in keys if len({v.get(k) for v in variants.values()}) > 1]
         for i, v in variants.items():
             shown = [f"{k}={v[k]}" for k in differing if k in v and k not in ("model", "weights")]
             shown += [f"{k}={v[k]}" for k in ("model", "weights") if k in differing]
-            labels[i] = f"{stack} ({', '.join(shown)})" if shown else stack
+            labels[i] = (f"{stack} ({', '.join(shown)})" if shown else stack) + (
+                "" if selection == FIXED else f" [{selection}]")
     return pd.Series([labels[i] for i in rows.index], index=rows.index, dtype=object)
+
+
+def selections(rows: pd.DataFrame) -> pd.Series:
+    """How each row's settings were chosen (bench.selection); rows written before the column are fixed."""
+    if "selection" not in rows:
+        return pd.Series(FIXED, index=rows.index, dtype=object)
+    return rows["selection"].fillna(FIXED)
+
+
+def split_selection(label: str) -> tuple[str, str]:
+    """``coop (lr=0.01) [val-tuned]`` -> (``coop (lr=0.01)``, ``val-tuned``); a fixed row's label as it is."""
+    if label.endswith("]") and " [" in label:
+        plain, _, selection = label[:-1].rpartition(" [")
+        return plain, selection
+    return label, FIXED
+
+
+def selection_groups(rows: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """The rows a table may hold together, with what its title adds: oracle rows (settings chosen on the
+    test split) are never put beside the others; tuned rows' titles say their search and budget."""
+    chosen = selections(rows)
+    groups = []
+    for oracle in (False, True):
+        part = rows[(chosen == ORACLE) == oracle]
+        if part.empty:
+            continue
+        note = "; ".join(dict.fromkeys(
+            f"{s}: settings chosen per cell by {r.tune_search} search on the "
+            f"{'TEST split (oracle: measures inflation, not a result)' if s == ORACLE else 'few-shot val split'}, "
+            f"budget {int(r.tune_budget)} trials" for s, r in zip(selections(part), part.itertuples(index=False))
+            if s != FIXED))
+        groups.append((f"; {note}" if note else "", part))
+    return groups
 
 
 def table_rows(rows: pd.DataFrame, current: dict[str, str] | None = None) -> tuple[pd.DataFrame, str | None]:
@@ -186,13 +227,15 @@ def _split_stack(stack: str) -> tuple[str, bool]:
 
 def _label_order(labels) -> list[str]:
     def key(label: str):
-        stack, _, variant = label.partition(" (")
+        plain, selection = split_selection(label)
+        stack, _, variant = plain.partition(" (")
         base, stacked = _split_stack(stack)
         plugin = _plugin(stack)
         rank = (0 if getattr(plugin, "gain_baseline", False) else 1 if getattr(plugin, "reference", False)
                 else 2 if not base else 3)
         of = getattr(plugin, "variant_of", None)  # a method's named variants after it, by name
-        return rank, base, stacked, of or stack, of is not None, stack, variant
+        order = SELECTION_ORDER.index(selection) if selection in SELECTION_ORDER else len(SELECTION_ORDER)
+        return rank, base, stacked, of or stack, of is not None, stack, variant, order
 
     return sorted(set(labels), key=key)
 
@@ -224,18 +267,27 @@ def accuracy_tables(rows: pd.DataFrame, shots: int | None = None, metric: str = 
 def gain_rows(mean: pd.DataFrame) -> pd.DataFrame:
     """'X+m vs X' for every stack adding a ``stacked_gain`` method m whose base ran (same configuration of
     X), 'V vs M' for every named variant V of a method M that ran (the ablation rows: ``amt vs mask``), and
-    'S vs B' against every ``gain_baseline`` method B (zero-shot)."""
+    'S vs B' against every ``gain_baseline`` method B (zero-shot); those within one selection (fixed, val-tuned).
+    And 'S [val-tuned] vs S': what tuning adds to a stack."""
     gains = {}
     for label in mean.index:
-        base = getattr(_plugin(label), "variant_of", None)
-        if base and base in mean.index:
-            gains[f"{label} vs {base}"] = mean.loc[label] - mean.loc[base]
+        plain, selection = split_selection(label)
+        suffix = label[len(plain):]
+        base = getattr(_plugin(plain), "variant_of", None)
+        if base and base + suffix in mean.index:
+            gains[f"{label} vs {base}{suffix}"] = mean.loc[label] - mean.loc[base + suffix]
     for label in mean.index:
-        stack, sep, variant = label.partition(" (")
+        plain, selection = split_selection(label)
+        suffix = label[len(plain):]
+        stack, sep, variant = plain.partition(" (")
         base, stacked = _split_stack(stack)
-        base_label = base + (sep + variant if base + sep + variant in mean.index else "")
+        base_label = base + (sep + variant if base + sep + variant + suffix in mean.index else "") + suffix
         if stacked and base and base_label in mean.index:
             gains[f"{label} vs {base_label}"] = mean.loc[label] - mean.loc[base_label]
+    for label in mean.index:
+        plain, selection = split_selection(label)
+        if selection != FIXED and plain in mean.index:
+            gains[f"{label} vs {plain}"] = mean.loc[label] - mean.loc[plain]
     for baseline in [b for b in mean.index if getattr(_plugin(b), "gain_baseline", False)]:
         for label in mean.index:
             if label != baseline:
@@ -402,6 +454,7 @@ def render(title: str, header: list, body: list, gain: list, fmt: str) -> str:
 
 
 def rich_table(title: str, header: list, body: list, gain: list):
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title=title, title_justify="left")
@@ -412,11 +465,11 @@ def rich_table(title: str, header: list, body: list, gain: list):
         else:
             table.add_column(name, justify="right", no_wrap=True, style="bold" if name == "Average" else None)
     for r in body:
-        table.add_row(*r)
+        table.add_row(*map(escape, r))  # labels such as "coop [val-tuned]" are text, not markup
     if gain:
         table.add_section()
         for r in gain:
-            table.add_row(*r, style="dim")
+            table.add_row(*map(escape, r), style="dim")
     return table
 
 

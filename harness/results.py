@@ -53,6 +53,10 @@ BASE_SCHEMA = pa.schema([
     # test-time speed of the final classifier (bench.trial.measure_throughput); device in `device`
     ("infer_images_per_s", pa.float64()), ("infer_batch_size", pa.int64()), ("infer_images", pa.int64()),
     ("variants", pa.string()),  # JSON: the named variants the stack uses, name -> {method, settings}
+    # how the settings were chosen (bench.tune): fixed (also rows without the column), val-tuned, oracle, or a
+    # search's trial; the search's budget and algorithm, the chosen (or sampled) settings as JSON, the cell
+    ("selection", pa.string()), ("tune_budget", pa.int64()), ("tune_search", pa.string()),
+    ("tuned", pa.string()), ("tune_cell", pa.string()), ("tune_trial", pa.int64()),
     ("device", pa.string()), ("hostname", pa.string()),
     ("node_id", pa.string()), ("node_ip", pa.string()),  # the Ray node that ran the trial
     ("torch", pa.string()), ("open_clip", pa.string()), ("bench", pa.string()),

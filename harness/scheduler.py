@@ -50,14 +50,17 @@ def _trainable(config: dict[str, Any], progress_every_s: float = PROGRESS_EVERY_
     from ray import tune
 
     from .execute import execute_trial
+    from .tune import epoch_reporter
 
     torch.set_num_threads(max(1, int(config["cpus"])))
     where = _this_node()
     progress = ThrottledProgress(lambda message: tune.report({"final": False, "progress": message, **where}),
                                  every_s=progress_every_s)
     progress("started")
+    spec = TrialSpec.from_dict(config["spec"])
     try:
-        row = execute_trial(TrialSpec.from_dict(config["spec"]), progress=progress, where=where)
+        row = execute_trial(spec, progress=progress, where=where,
+                            on_epoch=epoch_reporter(spec, lambda result: tune.report({**result, **where})))
     except RowWriteError as err:  # the driver records it: as an error row if it can reach the store itself
         tune.report({"final": True, "ok": False, "unsaved": str(err), **where})
         return
@@ -228,8 +231,9 @@ class _DropTrialTaskFailures(logging.Filter):
 
 def run_with_ray(specs: list[TrialSpec], *, address: str | None = None, cpus_per_trial: float = 1.0,
                  gpus_per_trial: float = 0.0, max_concurrent: int | None = None,
-                 console: Console | None = None) -> dict[str, int]:
-    """Run ``specs`` (already filtered to what is left to do). Returns counts of ok/error/lost trials."""
+                 console: Console | None = None, scheduler=None, callbacks=()) -> dict[str, int]:
+    """Run ``specs`` (already filtered to what is left to do). Returns counts of ok/error/lost trials (and
+    of trials a ``scheduler``, e.g. bench.tune's ASHA, stopped early); ``callbacks``: more Tune callbacks."""
     _prepare_env(address)
     from ray import tune
 
@@ -243,7 +247,7 @@ def run_with_ray(specs: list[TrialSpec], *, address: str | None = None, cpus_per
     if not any(isinstance(f, _DropTrialTaskFailures) for f in tune_log.filters):
         tune_log.addFilter(_DropTrialTaskFailures())
     by_id = {s.trial_id: s for s in specs}
-    counts = {"ok": 0, "error": 0, "lost": 0}
+    counts = {"ok": 0, "error": 0, "lost": 0, "stopped": 0}
 
     with RunProgress(console) as bar:
         task = bar.add_task(f"run {folder.run}", total=len(specs), failed=0)
@@ -260,10 +264,11 @@ def run_with_ray(specs: list[TrialSpec], *, address: str | None = None, cpus_per
             fn,
             tune_config=tune.TuneConfig(search_alg=StageAwareSearcher(by_id.values(), cpus_per_trial),
                                         num_samples=len(by_id), max_concurrent_trials=max_concurrent,
+                                        scheduler=scheduler,
                                         reuse_actors=True, trial_dirname_creator=lambda t: t.trial_id),
             run_config=tune.RunConfig(name=f"tune-{time.strftime('%Y%m%d-%H%M%S')}",
                                       storage_path=str(storage.resolve()), verbose=0,
-                                      callbacks=[callback],
+                                      callbacks=[callback, *callbacks],
                                       failure_config=tune.FailureConfig(max_failures=MAX_RETRIES)),
         )
         tuner.fit()

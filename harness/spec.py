@@ -37,6 +37,12 @@ class TrialSpec:
     # whole test split, 0: none) and in batches of how many. Not part of the trial id: it changes no result.
     infer_images: int | None = None
     infer_batch_size: int = 100
+    # How the settings were chosen (bench.tune): "fixed" (as configured), "val-tuned" or "oracle" (chosen by a
+    # search on the few-shot val or, to measure inflation, the test split), or one trial of such a search
+    # ("search", "oracle-search"). ``tuning`` is that search's plain data (cell, budget, algorithm, space, and
+    # the trial's sampled or the chosen settings). Both are part of the trial id except for fixed rows.
+    selection: str = "fixed"
+    tuning: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def configs(self) -> list[tuple[type, Any]]:
         """The stack's plugins in pipeline order, each with its resolved config."""
@@ -73,6 +79,8 @@ class TrialSpec:
             "model": self.model, "weights": self.weights_fingerprint,
             "protocol": self.protocol, "shift_targets": list(self.shift_targets),
         }
+        if self.selection != "fixed":  # fixed rows keep the ids they had before selections existed
+            key.update(selection=self.selection, tuning=self.tuning)
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict[str, Any]:

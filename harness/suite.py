@@ -27,6 +27,8 @@ class Suite:
     set_per_dataset: dict[str, dict[str, dict[str, Any]]] = dataclasses.field(default_factory=dict)
     # Named variants: name -> {"method": base, setting: value, ...}; usable wherever a method name is.
     variants: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    # `bench tune`: method -> setting -> range, replacing the method's declared search space (bench.tune)
+    search: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     device: str | None = None  # None: cuda when visible, else cpu
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0

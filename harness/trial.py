@@ -26,6 +26,7 @@ from .models import load_model
 from .plugin import IMAGE_FEATURE_PARTS, config_dict
 from .protocols import get_protocol
 from .results import PREDICTION_SCHEMA
+from .selection import is_search_trial, sealed_test
 from .spec import TrialSpec
 
 
@@ -172,10 +173,14 @@ _WARMED: set = set()  # (model, device, batch size, image size) this process has
 
 def run_trial(spec: TrialSpec, progress: Callable[[str], None] = lambda m: None,
               artifact_dir: Path | None = None,
-              keep_predictions: Callable[[pa.Table], None] | None = None) -> dict[str, Any]:
+              keep_predictions: Callable[[pa.Table], None] | None = None,
+              on_epoch: Callable[[int, float], None] | None = None) -> dict[str, Any]:
     """Run one trial and return its result row (raises on failure; the caller records errors).
 
-    ``keep_predictions`` receives the test predictions (:class:`Predictions`) before the row is returned."""
+    ``keep_predictions`` receives the test predictions (:class:`Predictions`) before the row is returned.
+    ``on_epoch(epoch, val_top1)`` listens to the last method's epochs (``ctx.report_epoch``; a search's early
+    stopping). A search trial (bench.selection) is scored on few-shot val with its test split sealed, or, in
+    an oracle search, on test; it keeps no predictions and times nothing."""
     started = dt.datetime.now(dt.timezone.utc)
     if not spec.data_fingerprint:  # a spec made by hand rather than by planning
         spec = fingerprinted(spec, cache_dir=spec.cache_dir)
@@ -184,15 +189,20 @@ def run_trial(spec: TrialSpec, progress: Callable[[str], None] = lambda m: None,
         torch.cuda.reset_peak_memory_stats()
     ctx = build_context(spec, progress)
     ctx.artifact_dir = artifact_dir
+    searching = is_search_trial(spec.selection)
+    if spec.selection == "search":
+        ctx.data = sealed_test(ctx.data)
     row: dict[str, Any] = {"extras": {}}
     if ctx.short_classes:  # Dassl takes every image of a class smaller than K; say so in the row
         row["extras"]["classes_with_fewer_than_k"] = ctx.short_classes
     trainable = 0
     t0 = time.perf_counter()
     stages = StageCache(spec.cache_dir) if spec.cache_dir else None
-    for i, (plugin, config) in enumerate(spec.configs()):
+    plugins = spec.configs()
+    for i, (plugin, config) in enumerate(plugins):
         seed_everything(spec.seed)
         method = plugin(config)
+        ctx.epoch_listener = on_epoch if i == len(plugins) - 1 else None
         # A stage is reused when it and every stage before it can be saved and restored.
         stages = stages if stages is not None and plugin.reusable() else None
         out = fit_stage(method, ctx, stages, spec.stage_key(i) if stages else None, progress)
@@ -206,19 +216,22 @@ def run_trial(spec: TrialSpec, progress: Callable[[str], None] = lambda m: None,
     fit_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
     predictions = Predictions()
+    ctx.epoch_listener = None
     val_top1, _ = evaluate(ctx, "val")
-    top1, n_test = evaluate(ctx, "test", keep=predictions.keeper("test"))
+    top1, n_test = (None, None) if spec.selection == "search" else \
+        evaluate(ctx, "test", keep=predictions.keeper("test"))
     t_speed = time.perf_counter()  # on the trial's own test split, before a protocol swaps data or head
-    if spec.infer_images != 0:
+    if spec.infer_images != 0 and not searching:
         row.update(measure_throughput(ctx, spec.infer_batch_size, spec.infer_images))
     speed_seconds = time.perf_counter() - t_speed
-    fields, extras = get_protocol(spec.protocol).extra_metrics(
-        ctx, spec, top1, lambda split, select=lambda logits: logits, name="test":
-        evaluate(ctx, split, select, keep=predictions.keeper(name)))
-    row.update(fields)
-    row["extras"].update(extras)
+    if not searching:
+        fields, extras = get_protocol(spec.protocol).extra_metrics(
+            ctx, spec, top1, lambda split, select=lambda logits: logits, name="test":
+            evaluate(ctx, split, select, keep=predictions.keeper(name)))
+        row.update(fields)
+        row["extras"].update(extras)
     eval_seconds = time.perf_counter() - t0 - speed_seconds
-    if keep_predictions is not None:
+    if keep_predictions is not None and not searching:
         keep_predictions(predictions.table())
     row.update(
         status="ok", error=None, top1=top1, val_top1=val_top1, n_train=len(ctx.data.train), n_test=n_test,
@@ -273,8 +286,16 @@ def plain_spec_fields(spec: TrialSpec) -> dict[str, Any]:
         "shots": spec.shots, "seed": spec.seed, "stack": spec.stack, "model": spec.model,
         "pretrained": spec.pretrained, "data_fingerprint": spec.data_fingerprint,
         "dataset_fingerprint": spec.dataset_fingerprint, "weights_fingerprint": spec.weights_fingerprint,
-        "device": spec.device,
+        "device": spec.device, **selection_fields(spec),
     }
+
+
+def selection_fields(spec: TrialSpec) -> dict[str, Any]:
+    """The row's columns saying how its settings were chosen (bench.selection)."""
+    tuning = spec.tuning or {}
+    return {"selection": spec.selection, "tune_budget": tuning.get("budget"), "tune_search": tuning.get("search"),
+            "tuned": json.dumps(tuning["settings"], sort_keys=True) if "settings" in tuning else None,
+            "tune_cell": tuning.get("cell"), "tune_trial": tuning.get("trial")}
 
 
 def spec_fields(spec: TrialSpec) -> dict[str, Any]:

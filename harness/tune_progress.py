@@ -22,6 +22,8 @@ class ProgressCallback(tune.Callback):
     def __init__(self, bar: RunProgress, task, folder: RunFolder, counts: dict[str, int]):
         self.bar, self.task, self.folder, self.counts = bar, task, folder, counts
         self._ids: dict[str, tuple[str, TrialSpec]] = {}  # Tune's trial id -> bench's id and spec
+        self._ended: set[str] = set()  # Tune's ids of trials that sent their final result
+        self._folders: dict[tuple, RunFolder] = {}  # (results, run) of a trial -> where its row goes
         self.unsaved: list[str] = []  # one-line reasons rows could not be stored anywhere
         self.unseen: list[str] = []  # trial ids reported ok whose row the driver does not find
 
@@ -39,14 +41,22 @@ class ProgressCallback(tune.Callback):
         self.counts[outcome] += 1
         self.bar.update(self.task, advance=1, failed=self.counts["error"] + self.counts["lost"])
 
+    def _folder(self, spec: TrialSpec) -> RunFolder:
+        """Where the trial's row goes: the run's folder, or another one (a search's trials, bench.tune)."""
+        key = (spec.results, spec.run)
+        if key not in self._folders:
+            self._folders[key] = RunFolder(*key)
+        return self._folders[key]
+
     def _record_error(self, trial, message: str, where: dict | None = None) -> None:
         """Write an error row from the driver, unless the trial's row is already there."""
         trial_id, spec = self._spec(trial)
+        folder = self._folder(spec)
         try:
-            if trial_id not in self.folder.done_ids():
+            if trial_id not in folder.done_ids():
                 from .execute import error_row
 
-                self.folder.write_row(error_row(spec, message, where))
+                folder.write_row(error_row(spec, message, where))
         except RowWriteError as err:
             self.unsaved.append(str(err))
 
@@ -60,6 +70,7 @@ class ProgressCallback(tune.Callback):
             self.bar.trial_progress(trial_id, spec, str(result.get("progress", "")), where)
             return
         self.bar.trial_ended(trial_id)
+        self._ended.add(trial.trial_id)
         if result.get("unsaved"):
             message = f"row not saved on node {where.get('node_ip', '?')}: {result['unsaved']}"
             self._record_error(trial, message, where)
@@ -69,7 +80,8 @@ class ProgressCallback(tune.Callback):
         self.bar.trial_finished(trial_id, spec, top1=result.get("top1"),
                                 error=None if result.get("ok") else result.get("error") or "no error recorded")
         try:
-            seen = self.folder.fs.get_file_info(f"{self.folder.trials}/{trial_id}.parquet").type == pafs.FileType.File
+            folder = self._folder(spec)
+            seen = folder.fs.get_file_info(f"{folder.trials}/{trial_id}.parquet").type == pafs.FileType.File
         except OSError:
             seen = True  # the store is unreachable from here: the final read reports it
         if not seen:
@@ -78,6 +90,9 @@ class ProgressCallback(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.bar.trial_ended(self._spec(trial)[0])
+        if trial.trial_id not in self._ended:  # stopped early by a scheduler (a search's ASHA)
+            self._ended.add(trial.trial_id)
+            self._advance("stopped")
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         trial_id, spec = self._spec(trial)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench import BenchError
-from bench.plugin import AtLeastOne, NonNegative
+from bench.plugin import AtLeastOne, NonNegative, Search
 
 from ._training import (DasslSGDConfig, amp_dtype, optimizer_step, resolve_precision, train_epochs,
                         train_feature_batches, warmup_cosine)
@@ -27,7 +27,7 @@ POSITIONS = ("end", "middle", "front")
 
 @dataclasses.dataclass
 class CoOpConfig(DasslSGDConfig):
-    n_ctx: Annotated[int, AtLeastOne] = 16  # number of context vectors (ignored when ctx_init gives words)
+    n_ctx: Annotated[int, AtLeastOne, Search(choices=(4, 8, 16))] = 16  # context vectors (ignored when ctx_init gives words); the paper's lengths searched
     ctx_init: str = ""  # e.g. "a photo of a": initialise the context from these words' embeddings
     csc: bool = False  # class-specific context (one context per class)
     class_token_position: Literal["end", "middle", "front"] = "end"
@@ -345,7 +345,7 @@ def train_prompt(name: str, cfg: CoOpConfig, clf, ctx, make_head: Callable[[torc
     head.train()
     train_loss = train_epochs(cfg.epochs, epoch_batches, step,
                               scheduler=warmup_cosine(optimizer, cfg.epochs, cfg.warmup_epochs, cfg.warmup_lr),
-                              report=(ctx.progress, name, 10))
+                              val_report=ctx.report_epoch, report=(ctx.progress, name, 10))
     head.eval()
     for p in params:
         p.requires_grad_(False)

@@ -12,7 +12,7 @@ from typing import Annotated, Callable, Iterable, Iterator
 import torch
 
 from bench import BenchError
-from bench.plugin import AtLeastOne, NonNegative, Positive, Range
+from bench.plugin import AtLeastOne, NonNegative, Positive, Range, Search
 
 
 @dataclasses.dataclass
@@ -22,7 +22,7 @@ class DasslSGDConfig:
 
     epochs: Annotated[int, AtLeastOne] = 200  # set by shots in defaults_for
     batch_size: Annotated[int, AtLeastOne] = 32
-    lr: Annotated[float, Positive] = 0.002
+    lr: Annotated[float, Positive, Search(low=2e-4, high=2e-2, log=True)] = 0.002  # a decade either side
     momentum: Annotated[float, Range(0, 1)] = 0.9
     weight_decay: Annotated[float, NonNegative] = 5e-4
     warmup_epochs: Annotated[int, NonNegative] = 1
@@ -60,13 +60,15 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, max_epoch: int, warmup_epoch
 def train_epochs(epochs: int, epoch_batches: Callable[[int], Iterable[tuple]], step: Callable[..., float], *,
                  scheduler=None, per_batch: bool = False, max_steps: int | None = None,
                  after_epoch: Callable[[int], None] | None = None,
+                 val_report: Callable[[int], None] | None = None,
                  report: tuple[Callable[[str], None], str, int] | None = None,
                  detail: Callable[[], str] = lambda: "") -> float:
     """The trained methods' epoch loop; returns the last epoch's mean loss.
 
     ``step(*batch)`` trains on one batch and returns its loss; ``scheduler`` is stepped after every
     epoch, or after every batch with ``per_batch``; ``max_steps`` ends training after that many batches
-    in all; ``after_epoch(epoch)`` runs at the end of each epoch (e.g. a selection on validation data).
+    in all; ``after_epoch(epoch)`` runs at the end of each epoch (e.g. a selection on validation data), then
+    ``val_report(epoch)`` (``ctx.report_epoch``: a search's early stopping listens to it).
     ``report = (progress, name, every)`` writes a status line every ``every`` epochs and after the
     last, with ``detail()`` appended.
     """
@@ -85,6 +87,8 @@ def train_epochs(epochs: int, epoch_batches: Callable[[int], Iterable[tuple]], s
         mean = sum(losses) / max(len(losses), 1)
         if after_epoch is not None:
             after_epoch(epoch)
+        if val_report is not None:
+            val_report(epoch)
         if report is not None:
             progress, name, every = report
             if (epoch + 1) % every == 0 or epoch + 1 == epochs:

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench import BenchError, Method, Part
-from bench.plugin import AtLeastOne, NonNegative, Range
+from bench.plugin import AtLeastOne, NonNegative, Range, Search
 
 from ._training import DasslSGDConfig, coop_epochs, optimizer_step, train_epochs, train_feature_batches, warmup_cosine
 
@@ -42,7 +42,7 @@ from ._training import DasslSGDConfig, coop_epochs, optimizer_step, train_epochs
 @dataclasses.dataclass
 class ClipAdapterConfig(DasslSGDConfig):
     reduction: Annotated[int, AtLeastOne] = 4  # bottleneck d -> d/reduction -> d
-    ratio: Annotated[float, Range(0, 1)] = 0.2  # residual ratio alpha: f' = ratio * A(f) + (1 - ratio) * f
+    ratio: Annotated[float, Range(0, 1), Search(low=0.1, high=0.9)] = 0.2  # the paper sweeps 0-1; residual ratio alpha: f' = ratio * A(f) + (1 - ratio) * f
     feature_cache: bool = True  # train on cached encoder features of augmented views
     views: Annotated[int, NonNegative] = 0  # cached augmented passes; 0 = one per epoch (as many as the official loop)
 
@@ -100,7 +100,7 @@ class ClipAdapter(Method):
         adapter.train()
         train_loss = train_epochs(cfg.epochs, epoch_batches, step,
                                   scheduler=warmup_cosine(optimizer, cfg.epochs, cfg.warmup_epochs, cfg.warmup_lr),
-                                  report=(ctx.progress, self.name, 20))
+                                  val_report=ctx.report_epoch, report=(ctx.progress, self.name, 20))
         adapter.eval().requires_grad_(False)
         return {"trainable_params": sum(p.numel() for p in adapter.parameters()), "epochs": cfg.epochs,
                 "views": views or 0, "train_loss": train_loss}

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from bench import BenchError, Method, Part
-from bench.plugin import AtLeastOne, NonNegative, Positive
+from bench.plugin import AtLeastOne, NonNegative, Positive, Search
 
 
 C_GRID = (1e6, 1e4, 1e2, 1.0, 1e-2, 1e-4, 1e-6)
@@ -44,7 +44,7 @@ class LinearProbeConfig:
     c_grid: Annotated[tuple[float, ...], Positive] = C_GRID  # initial grid of inverse regularisation strengths
     search_steps: Annotated[int, NonNegative] = 8  # log-space bisection steps around the grid's peak
     max_iter: Annotated[int, AtLeastOne] = 1000
-    C: Optional[Annotated[float, Positive]] = None  # fixed C: no search
+    C: Optional[Annotated[float, Positive, Search(low=1e-6, high=1e6, log=True)]] = None  # fixed C: no search
 
 
 def fit_logreg(x: np.ndarray, y: np.ndarray, c: float, max_iter: int):

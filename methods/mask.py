@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 
 from bench import Method, Part
-from bench.plugin import AtLeastOne, NonNegative, Positive, Range
+from bench.plugin import AtLeastOne, NonNegative, Positive, Range, Search
 from bench.classifier import ZeroShotHead
 
 from ._training import train_epochs
@@ -135,16 +135,16 @@ class MaskTuning(Method):
 
     @dataclasses.dataclass
     class Config:
-        lr: Annotated[float, Positive] = 8e-5
+        lr: Annotated[float, Positive, Search(low=1e-5, high=1e-3, log=True)] = 8e-5
         epochs: Annotated[int, AtLeastOne] = 30
         steps: Optional[Annotated[int, AtLeastOne]] = None  # fixed number of steps (cosine over steps); overrides epochs
         batch_size: Annotated[int, AtLeastOne] = 32
         crop_scale_min: Annotated[float, Range(0, 1, min_exclusive=True)] = 0.5  # RandomResizedCrop scale (min, 1.0)
         init: float = 1e-2
-        threshold: float = 5e-3
+        threshold: Annotated[float, Search(low=1e-3, high=9e-3)] = 5e-3  # below init: training starts at zero-shot
         reg_weight: Annotated[float, NonNegative] = 1e-4
         gdr: bool = True  # false: AMT
-        gdr_lambda: Annotated[float, Range(0, 1)] = 1.0
+        gdr_lambda: Annotated[float, Range(0, 1), Search(choices=(0.3, 0.5, 1.0))] = 1.0  # the README's values
         lambda_table: Literal["", "readme"] = ""  # "readme": the README's per-dataset 16-shot lambda (overrides gdr_lambda)
         gdr_temperature: Annotated[float, Positive] = 1.0
         mlp: bool = False
@@ -226,7 +226,9 @@ class MaskTuning(Method):
         visual.train()
         try:  # cosine per epoch (the paper); with a fixed step count, per step over those steps
             train_epochs(epochs, lambda epoch: loader, step, scheduler=sched, per_batch=cfg.steps is not None,
-                         max_steps=total, report=(ctx.progress, self.name, max(epochs // 10, 1)), detail=detail)
+                         max_steps=total, report=(ctx.progress, self.name, max(epochs // 10, 1)), detail=detail,
+                         val_report=lambda epoch: ctx.report_epoch(epoch, lambda images: clf.logits_from_features(
+                             masked_forward(visual, scores, cfg.threshold, images))))
         finally:
             visual.train(was_training)
         steps_taken, loss = done

@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench import BenchError, Method, Part
-from bench.plugin import AtLeastOne, NonNegative, Positive, Range
+from bench.plugin import AtLeastOne, NonNegative, Positive, Range, Search
 from bench.classifier import ZeroShotHead
 from bench.data.templates import IMAGENET_TEMPLATES_SELECT
 
@@ -82,8 +82,11 @@ OFFICIAL_TEMPLATES: dict[str, tuple[str, ...]] = {"imagenet": IMAGENET_TEMPLATES
 
 @dataclasses.dataclass
 class TipAdapterConfig:
-    init_alpha: Annotated[float, NonNegative] = 1.0  # residual ratio alpha before (or without) the search
-    init_beta: Annotated[float, NonNegative] = 1.0  # sharpness beta before (or without) the search
+    # The official configs set alpha per dataset and grid-search (alpha, beta) within per-dataset ranges; with
+    # search_hp the grid re-chooses them on few-shot val, so a `bench tune` search moves only Tip-Adapter-F's
+    # training start (or Tip-Adapter with search_hp=false).
+    init_alpha: Annotated[float, NonNegative, Search(low=0.1, high=10.0, log=True)] = 1.0  # residual ratio alpha before (or without) the search
+    init_beta: Annotated[float, NonNegative, Search(low=0.5, high=20.0, log=True)] = 1.0  # sharpness beta before (or without) the search
     search_hp: bool = True  # grid-search (alpha, beta) on the few-shot val split
     search_scale: Annotated[tuple[float, float], Positive] = (10.0, 5.0)  # (S_beta, S_alpha), upper ends of the grids
     search_step: Annotated[tuple[int, int], AtLeastOne] = (200, 20)  # grid sizes (beta, alpha)
@@ -93,9 +96,9 @@ class TipAdapterConfig:
 
 @dataclasses.dataclass
 class TipAdapterFConfig(TipAdapterConfig):
-    epochs: Annotated[int, AtLeastOne] = 20  # EuroSAT 100 (defaults_for)
+    epochs: Annotated[int, AtLeastOne, Search(choices=(10, 20, 50, 100))] = 20  # EuroSAT 100 (defaults_for)
     batch_size: Annotated[int, AtLeastOne] = 256
-    lr: Annotated[float, Positive] = 0.001
+    lr: Annotated[float, Positive, Search(low=1e-4, high=1e-2, log=True)] = 0.001
     eps: Annotated[float, Positive] = 1e-4
     weight_decay: Annotated[float, NonNegative] = 0.01
     select: Literal["val", "last"] = "val"  # epoch choice: best few-shot val accuracy, or the last epoch
@@ -242,7 +245,7 @@ class TipAdapterF(_TipBase):
         term.train()
         loss_value = train_epochs(cfg.epochs, epoch_batches, step, scheduler=scheduler, per_batch=True,
                                   after_epoch=select_on_val if cfg.select == "val" else None,
-                                  report=(ctx.progress, self.name, 5))
+                                  val_report=ctx.report_epoch, report=(ctx.progress, self.name, 5))
         best_epoch, best_keys = best["epoch"], best["keys"]
         if best_keys is not None:
             with torch.no_grad():
