@@ -35,7 +35,7 @@ CAPTIONS = {
     "accuracy": "Test accuracy of each stack against the number of shots, mean over seeds.",
     "speed": "Test accuracy against inference throughput (images per second) of each stack. Timings on a "
              "CPU from one run vary between runs and machines: read them as rough, not as differences.",
-    "gains": "What adding the masks changes: accuracy of each X+mask minus that of X, with the 95 % "
+    "gains": "What a stacked method adds: accuracy of each stack minus that of its base stack, with the 95 % "
              "paired-bootstrap interval.",
     "masks": "Where the masks fall: the share of each masked weight tensor that was switched off.",
 }
