@@ -66,7 +66,8 @@ class ProgressCallback(tune.Callback):
             self._advance("error")
             return
         try:
-            seen = self.folder.fs.get_file_info(f"{self.folder.trials}/{trial_id}.parquet").type == pafs.FileType.File
+            row = self.folder.row_path(trial_id, bool(result.get("ok")))
+            seen = self.folder.fs.get_file_info(row).type == pafs.FileType.File
         except OSError:
             seen = True  # the store is unreachable from here: the final read reports it
         if not seen:
