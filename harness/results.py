@@ -216,7 +216,7 @@ class RunFolder:
         columns = schema()
         table = pa.Table.from_pylist([{k: row.get(k) for k in columns.names}], schema=columns)
         ok = row.get("status") == "ok"
-        final, other = (self._row_path(row["trial_id"], status) for status in (ok, not ok))
+        final, other = (self.row_path(row["trial_id"], status) for status in (ok, not ok))
         if self.is_local:
             tmp = f"{self.trials}/.tmp-{row['trial_id']}-{uuid.uuid4().hex}.parquet"
             pq.write_table(table, tmp, filesystem=self.fs)
@@ -235,7 +235,8 @@ class RunFolder:
 
         self._io("write", put, what=f"the row of trial {row['trial_id']}")
 
-    def _row_path(self, trial_id: str, ok: bool) -> str:
+    def row_path(self, trial_id: str, ok: bool) -> str:
+        """Where a trial's row is: ``<trial_id>.parquet`` when it finished, ``<trial_id>.failed.parquet`` else."""
         return f"{self.trials}/{trial_id}{'.parquet' if ok else FAILED_SUFFIX}"
 
     def _io(self, verb: str, action, what: str = "rows"):
@@ -465,7 +466,7 @@ class RunFolder:
         rows = self.read()
         for trial_id in set(rows.loc[rows["status"] != "ok", "trial_id"]):
             with contextlib.suppress(FileNotFoundError):
-                self.fs.move(self._row_path(trial_id, True), self._row_path(trial_id, False))
+                self.fs.move(self.row_path(trial_id, True), self.row_path(trial_id, False))
         self._record_layout()
 
     def _set_aside(self, torn: list[pafs.FileInfo]) -> list[str]:

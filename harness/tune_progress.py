@@ -81,7 +81,7 @@ class ProgressCallback(tune.Callback):
                                 error=None if result.get("ok") else result.get("error") or "no error recorded")
         try:
             folder = self._folder(spec)
-            seen = folder.fs.get_file_info(f"{folder.trials}/{trial_id}.parquet").type == pafs.FileType.File
+            seen = folder.fs.get_file_info(folder.row_path(trial_id, bool(result.get("ok")))).type == pafs.FileType.File
         except OSError:
             seen = True  # the store is unreachable from here: the final read reports it
         if not seen:
