@@ -131,9 +131,7 @@ def _default_run_name(suite, datasets: Optional[list[str]]) -> str:
     own = [get_dataset(canonical_entry(d)).name for d in datasets or [] if d not in registered()]
     if not own:
         return suite.name
-    name = re.sub(r"[^A-Za-z0-9._-]+", "_", "-".join(dict.fromkeys(own)))
-    err.print(f"own data: the run is named '{name}' (--run NAME to choose another)", highlight=False)
-    return name
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", "-".join(dict.fromkeys(own)))  # the run's first line names it
 
 
 def _run_locked(folder, specs, suite, *, retry_failed, address, cpus_per_trial, gpus_per_trial,
