@@ -373,8 +373,6 @@ def list_(what: Kind = typer.Argument(..., help="methods, suites, datasets or mo
         for m in MODELS.values():
             table.add_row(m.name, m.description, m.default_pretrained)
         table.caption = "any other open_clip model name works as well (open_clip.list_models())"
-    for column in table.columns:  # cells fold onto more lines rather than lose their end
-        column.overflow = "fold"
     out.print(table)
 
 
