@@ -147,9 +147,7 @@ def _default_run_name(suite, datasets: Optional[list[str]]) -> str:
     own = [get_dataset(canonical_entry(d)).name for d in datasets or [] if d not in registered()]
     if not own:
         return suite.name
-    name = re.sub(r"[^A-Za-z0-9._-]+", "_", "-".join(dict.fromkeys(own)))
-    err.print(f"own data: the run is named '{name}' (--run NAME to choose another)", highlight=False)
-    return name
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", "-".join(dict.fromkeys(own)))  # the run's first line names it
 
 
 def _run_locked(folder, specs, suite, *, retry_failed, address, cpus_per_trial, gpus_per_trial,
@@ -433,8 +431,6 @@ def list_(what: Kind = typer.Argument(..., help="methods, suites, datasets or mo
         for m in MODELS.values():
             table.add_row(m.name, m.description, m.default_pretrained)
         table.caption = "any other open_clip model name works as well (open_clip.list_models())"
-    for column in table.columns:  # cells fold onto more lines rather than lose their end
-        column.overflow = "fold"
     out.print(table)
 
 

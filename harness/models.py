@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import json
 from pathlib import Path
 
 from .errors import BenchError
@@ -64,10 +65,14 @@ def default_pretrained(model: str) -> str | None:
 def image_blocks(model: str, pretrained: str | None) -> int | None:
     """How many transformer blocks the model's image encoder has, from its open_clip config (no weights
     loaded); None for an encoder that is not a ViT."""
-    import open_clip
+    name = resolve(model, pretrained)[0]
+    if name == "tiny":  # bench's own: read without importing open_clip (planning does not need it)
+        config = json.loads((ASSETS / "tiny.json").read_text())
+    else:
+        import open_clip
 
-    register_tiny()
-    layers = ((open_clip.get_model_config(resolve(model, pretrained)[0]) or {}).get("vision_cfg") or {}).get("layers")
+        config = open_clip.get_model_config(name) or {}
+    layers = (config.get("vision_cfg") or {}).get("layers")
     return layers if isinstance(layers, int) else None
 
 

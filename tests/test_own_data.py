@@ -336,13 +336,12 @@ def test_bench_run_end_to_end_on_own_data(tmp_path):
     assert again.returncode == 0 and "6 already done" in again.stderr
 
 
-def test_own_data_without_run_gets_a_run_named_after_it_not_the_suites(tmp_path, capsys):
+def test_own_data_without_run_gets_a_run_named_after_it_not_the_suites(tmp_path):
     from bench.cli import _default_run_name
     from bench.suite import load_suite
 
     suite = load_suite("synthetic")
     folder = class_folders(tmp_path / "my cells")
     assert _default_run_name(suite, [str(folder)]) == "my_cells"
-    assert "the run is named 'my_cells'" in capsys.readouterr().err
     assert _default_run_name(suite, ["syn_colour", str(folder)]) == "my_cells"
     assert _default_run_name(suite, ["syn_colour"]) == _default_run_name(suite, None) == "synthetic"

@@ -143,7 +143,7 @@ def test_failing_and_dying_trials_become_error_rows_and_retry_runs_only_them(tmp
 
 def test_a_broken_plugin_is_listed_not_fatal(misbehaving_plugins):
     out = subprocess.run([sys.executable, "-m", "bench.cli", "list", "methods"], capture_output=True, text=True,
-                         cwd=ROOT, env={**os.environ, "COLUMNS": "250"})  # wide enough not to fold the message
+                         cwd=ROOT, env={**os.environ, "COLUMNS": "250"})  # piped output follows COLUMNS
     assert out.returncode == 0 and "broken" in out.stdout and "failed to load" in out.stdout
 
 

@@ -44,7 +44,8 @@ def no_processes_left(ray_tmp: str, within_s: float = 10.0) -> list[str]:
 def test_a_mistake_and_a_finished_run_leave_no_ray_process_behind_and_a_done_run_starts_none(tmp_path):
     ray_tmp = tempfile.mkdtemp(prefix="br", dir="/tmp")  # short: Ray's socket paths live under it
     try:
-        mistake = bench(["run", "--methods", "zeroshot+", "--results", str(tmp_path)], ray_tmp)
+        # a mistake planning finds (two methods changing one part), after the node's start was asked for
+        mistake = bench(["run", "--methods", "coop+linear_probe", "--results", str(tmp_path)], ray_tmp)
         assert mistake.returncode == 2, mistake.stderr[-2000:]
         assert "Traceback" not in mistake.stderr and "error:" in mistake.stderr
         assert not no_processes_left(ray_tmp)
@@ -78,11 +79,12 @@ def test_the_driver_plans_the_bundled_model_without_importing_open_clip(tmp_path
 
 def test_a_new_run_starts_its_ray_node_before_it_imports_torch(tmp_path):
     """The node's start (~3 s, mostly waiting on its processes) overlaps the driver's torch import and planning;
-    the bad stack ends the run in planning, after the start was asked for."""
+    the bad stack (two methods changing one part) ends the run in planning, after the start was asked for;
+    a misspelt name ends it before (tests/test_cli.py)."""
     code = ("import sys, bench.scheduler as s; seen = []; "
             "s.start_local_ray = lambda: seen.append('torch' in sys.modules); "
             "from bench.cli import main; "
-            f"code = main(['run', '--methods', 'zeroshot+', '--results', {str(tmp_path)!r}]); "
+            f"code = main(['run', '--methods', 'coop+linear_probe', '--results', {str(tmp_path)!r}]); "
             "assert code == 2 and seen == [False], (code, seen)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
