@@ -45,8 +45,11 @@ BASE_SCHEMA = pa.schema([
     ("fit_seconds", pa.float64()), ("eval_seconds", pa.float64()), ("peak_mem_mb", pa.float64()),
     # test-time speed of the final classifier (bench.trial.measure_throughput); device in `device`
     ("infer_images_per_s", pa.float64()), ("infer_batch_size", pa.int64()), ("infer_images", pa.int64()),
+    # the cost ledger (bench.cost): images decoded, encoder passes, their GFLOPs; by kind in `cost` (JSON)
+    ("images_decoded", pa.int64()), ("encoder_forward", pa.int64()), ("encoder_backward", pa.int64()),
+    ("encoder_gflops", pa.float64()), ("cost", pa.string()),
     ("variants", pa.string()),  # JSON: the named variants the stack uses, name -> {method, settings}
-    ("device", pa.string()), ("hostname", pa.string()),
+    ("device", pa.string()), ("precision", pa.string()), ("hostname", pa.string()),
     ("node_id", pa.string()), ("node_ip", pa.string()),  # the Ray node that ran the trial
     ("torch", pa.string()), ("open_clip", pa.string()), ("bench", pa.string()),
     ("started_at", _TS), ("finished_at", _TS), ("extras", pa.string()),

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import random
 import shutil
 import time
@@ -17,6 +16,7 @@ import torch
 
 from . import __version__
 from .cache import FeatureCache, StageCache, module_fingerprint
+from .cost import encoder_gflops
 from .classifier import ClipClassifier, ZeroShotHead
 from .context import TrialContext
 from .data.catalog import get_dataset
@@ -24,6 +24,7 @@ from .errors import BenchError
 from .fingerprint import fingerprinted, read_trial_data
 from .models import load_model
 from .plugin import IMAGE_FEATURE_PARTS, config_dict
+from .precision import use_matmul_precision
 from .protocols import get_protocol
 from .spec import TrialSpec
 
@@ -58,11 +59,17 @@ def build_context(spec: TrialSpec, progress: Callable[[str], None] = lambda m: N
     ctx = TrialContext(spec=spec, clf=None, tokenizer=tokenizer, data=data, device=device, image_size=int(size),
                        mean=tuple(cfg["mean"]), std=tuple(cfg["std"]), progress=progress, short_classes=len(short),
                        encoder_id=encoder_identity(spec),
-                       cache=FeatureCache(spec.cache_dir) if spec.cache_dir else None,
-                       num_workers=min(8, (os.cpu_count() or 2) // 2) if device.type == "cuda" else 0)
+                       cache=FeatureCache(spec.cache_dir, spec.run) if spec.cache_dir else None,
+                       num_workers=loader_workers(device), precision=spec.precision)
     ctx.clf = ClipClassifier(model, ZeroShotHead(torch.zeros(1, 1), 1.0)).to(device)
     ctx.clf.head = ZeroShotHead(ctx.text_weights(), ctx.clf.logit_scale).to(device)
     return ctx
+
+
+def loader_workers(device: torch.device) -> int:
+    """Crop workers of a trial's loaders: on CUDA all the trial's CPUs but the one driving the GPU (the
+    scheduler gives the trial ``--cpus-per-trial`` threads); none on CPU, where the cores compute."""
+    return max(0, torch.get_num_threads() - 1) if device.type == "cuda" else 0
 
 
 def encoder_identity(spec: TrialSpec) -> str:
@@ -141,9 +148,11 @@ def measure_throughput(ctx: TrialContext, batch_size: int = 100, max_images: int
 
     def forward(images: torch.Tensor) -> float:
         images = images.to(device, non_blocking=True)
+        ctx.ledger.forward("timing", len(images))
         _sync(device)
         start = time.perf_counter()
-        clf(images)
+        with ctx.autocast():
+            clf(images)
         _sync(device)
         return time.perf_counter() - start
 
@@ -180,6 +189,7 @@ def run_trial(spec: TrialSpec, progress: Callable[[str], None] = lambda m: None,
     if not spec.data_fingerprint:  # a spec made by hand rather than by planning
         spec = fingerprinted(spec, cache_dir=spec.cache_dir)
     seed_everything(spec.seed)
+    use_matmul_precision(spec.precision)
     if spec.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     ctx = build_context(spec, progress)
@@ -189,7 +199,7 @@ def run_trial(spec: TrialSpec, progress: Callable[[str], None] = lambda m: None,
         row["extras"]["classes_with_fewer_than_k"] = ctx.short_classes
     trainable = 0
     t0 = time.perf_counter()
-    stages = StageCache(spec.cache_dir) if spec.cache_dir else None
+    stages = StageCache(spec.cache_dir, spec.run) if spec.cache_dir else None
     for i, (plugin, config) in enumerate(spec.configs()):
         seed_everything(spec.seed)
         method = plugin(config)
@@ -220,6 +230,8 @@ def run_trial(spec: TrialSpec, progress: Callable[[str], None] = lambda m: None,
     eval_seconds = time.perf_counter() - t0 - speed_seconds
     if keep_predictions is not None:
         keep_predictions(predictions.table())
+    row.update(ctx.ledger.row(encoder_gflops(ctx.clf.model.visual, ctx.image_size, (spec.model, ctx.image_size)),
+                              ctx.images.decoded + ctx.other_images.decoded, spec.precision))
     row.update(
         status="ok", error=None, top1=top1, val_top1=val_top1, n_train=len(ctx.data.train), n_test=n_test,
         trainable_params=trainable, fit_seconds=fit_seconds, eval_seconds=eval_seconds,
@@ -273,7 +285,7 @@ def plain_spec_fields(spec: TrialSpec) -> dict[str, Any]:
         "shots": spec.shots, "seed": spec.seed, "stack": spec.stack, "model": spec.model,
         "pretrained": spec.pretrained, "data_fingerprint": spec.data_fingerprint,
         "dataset_fingerprint": spec.dataset_fingerprint, "weights_fingerprint": spec.weights_fingerprint,
-        "device": spec.device,
+        "device": spec.device, "precision": spec.precision,
     }
 
 
