@@ -19,7 +19,6 @@ import random
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Sequence
 
-import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
@@ -59,30 +58,31 @@ def image_size(path: str) -> tuple[int, int]:
 
 
 class DecodedImages:
-    """Decoded RGB images (uint8 arrays, H x W x 3) of a trial, by path, up to ``budget`` bytes in all.
+    """Decoded RGB images (PIL, 8 bits a channel) of a trial, by path, up to ``budget`` bytes in all.
 
-    Forked workers see the arrays without copying them. ``decoded`` counts the decodes made here."""
+    Forked workers see them without copying. ``decoded`` counts the decodes made here and the reads of
+    images not held (decoded where they are read)."""
 
     def __init__(self, budget: int | None = None):
         self.budget = decoded_budget_bytes() if budget is None else budget
-        self.arrays: dict[str, np.ndarray] = {}
+        self.held: dict[str, Image.Image] = {}
         self.sizes: dict[str, tuple[int, int]] = {}
         self.used = 0
         self.decoded = 0
 
     def fill(self, paths: Sequence[str], threads: int = 1) -> None:
         """Decode the paths not held yet (PIL releases the GIL while decoding: threads run in parallel)."""
-        todo = [p for p in dict.fromkeys(paths) if p not in self.arrays and p not in self.sizes]
+        todo = [p for p in dict.fromkeys(paths) if p not in self.held and p not in self.sizes]
         if not todo:
             return
         with ThreadPoolExecutor(max(1, threads)) as pool:
             for path, image in zip(todo, pool.map(open_rgb, todo)):
                 self.decoded += 1
                 self.sizes[path] = image.size
-                array = np.asarray(image)
-                if self.used + array.nbytes <= self.budget:
-                    self.arrays[path] = array
-                    self.used += array.nbytes
+                nbytes = image.width * image.height * 3
+                if self.used + nbytes <= self.budget:
+                    self.held[path] = image
+                    self.used += nbytes
 
     def size(self, path: str) -> tuple[int, int]:
         if path not in self.sizes:
@@ -90,8 +90,8 @@ class DecodedImages:
         return self.sizes[path]
 
     def image(self, path: str) -> Image.Image:
-        array = self.arrays.get(path)
-        return Image.fromarray(array) if array is not None else open_rgb(path)
+        image = self.held.get(path)
+        return image if image is not None else open_rgb(path)
 
 
 class Crops(Dataset):
@@ -129,8 +129,7 @@ class DrawnBatches(Sampler):
         # A generator: nothing is drawn until the first batch is asked for (a DataLoader with workers calls
         # iter() twice on its first epoch), then the whole epoch at once.
         epoch = list(self.batches)
-        held = self.images.arrays
-        self.images.decoded += sum(self.items[i].path not in held for batch in epoch for i in batch)
+        held = self.images.held
         if isinstance(self.transform, CropThenNormalise) and not self.transform.random:
             def draw(i):
                 return ()
@@ -140,7 +139,9 @@ class DrawnBatches(Sampler):
         else:
             def draw(i):
                 return int(torch.randint(0, 2**62, (1,)))
-        yield from [[(i, draw(i)) for i in batch] for batch in epoch]
+        for batch in [[(i, draw(i)) for i in batch] for batch in epoch]:
+            self.images.decoded += sum(self.items[i].path not in held for i, _ in batch)  # fetched undecoded
+            yield batch
 
 
 class DeviceBatches:

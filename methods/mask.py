@@ -187,6 +187,11 @@ class MaskTuning(Method):
         self.masks = load_masks(Path(directory) / MASKS_FILE)
         apply_masks(clf.model.visual, self.masks)
 
+    @classmethod
+    def plan_work(cls, config, plan) -> None:
+        plan.trained_stage(config.batch_size, config.epochs, config.steps, backward=2 if config.gdr else 1,
+                           teacher=config.gdr)
+
     def fit(self, clf, ctx) -> dict:
         cfg = self.config
         visual = clf.model.visual

@@ -61,3 +61,20 @@ def test_the_ledger_counts_a_trials_encoder_work(fixture_root, one_thread):
     assert mask["images_decoded"] == n_train + n_val + n_test  # the train images once for every step
     assert mask["encoder_gflops"] == pytest.approx(per_image * (2 * steps * batch + n_val + n_test
                                                                 + 2 * 2 * steps * batch))
+
+
+@pytest.mark.parametrize("stack, sets", [
+    ("linear_probe", {}),
+    ("coop+mask", {"coop": {"epochs": 2, "batch_size": 4}, "mask": {"steps": 2, "batch_size": 8}}),
+    ("clip_adapter", {"clip_adapter": {"epochs": 3}}),
+    ("tip_adapter_f", {"tip_adapter_f": {"epochs": 2, "augment_views": 2, "search_step": [4, 4]}}),
+])
+def test_the_planned_work_is_what_the_ledger_counts(fixture_root, one_thread, stack, sets):
+    from bench.cost import Sizes, plan_trial
+
+    trial = spec(fixture_root, stack, overrides=sets)
+    planned, decoded = plan_trial(trial, Sizes(train=8, val=8, test=20))
+    row = run_trial(trial)
+    cost = json.loads(row["cost"])
+    assert (cost["forward"], cost["backward"]) == (dict(planned.forwards), dict(planned.backwards))
+    assert row["images_decoded"] == decoded
