@@ -130,6 +130,7 @@ class StageCache:
             os.replace(tmp, folder)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+        note_use(self.base, self.run, folder)
         return folder
 
 

@@ -61,8 +61,8 @@ def test_batches_equal_the_transform_called_in_one_process(fixture_root, one_thr
 def test_a_small_dev_shm_is_one_line_naming_the_fix(fixture_root):
     from bench.loading import check_shm
 
-    spec = TrialSpec(run="t", suite="t", dataset="fixture", shots=4, seed=1, stack="coop", pretrained="none",
-                     data_root=str(fixture_root), device="cuda")
+    spec = TrialSpec(run="t", suite="t", dataset="fixture", shots=4, seed=1, stack="coop", model="ViT-B-16",
+                     pretrained="openai", data_root=str(fixture_root), device="cuda")  # 224 px crops
     with pytest.raises(BenchError) as err:
         check_shm([spec], cpus_per_trial=8, free=64 * 2**20)  # a container's default 64 MB
     assert "--shm-size" in str(err.value) and "--ipc=host" in str(err.value) and "\n" not in str(err.value)
