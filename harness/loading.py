@@ -206,7 +206,7 @@ def shm_free_bytes(path: str = "/dev/shm") -> int | None:
 def check_shm(specs, cpus_per_trial: float, free: int | None = None) -> None:
     """A one-line BenchError, before any trial starts, when /dev/shm cannot hold one CUDA trial's batches
     in flight (a container's default 64 MB makes every worker die with a bus error instead)."""
-    workers = max(0, int(cpus_per_trial) - 1)
+    workers = int(cpus_per_trial) if int(cpus_per_trial) > 1 else 0  # as bench.trial.loader_workers
     cuda = [s for s in specs if s.device == "cuda"]
     if not cuda or not workers:
         return

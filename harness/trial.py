@@ -95,9 +95,11 @@ def process_memo(data_root: str | None):
 
 
 def loader_workers(device: torch.device) -> int:
-    """Crop workers of a trial's loaders: on CUDA all the trial's CPUs but the one driving the GPU (the
-    scheduler gives the trial ``--cpus-per-trial`` threads); none on CPU, where the cores compute."""
-    return max(0, torch.get_num_threads() - 1) if device.type == "cuda" else 0
+    """Crop workers of a trial's loaders: on CUDA one per CPU of the trial (the scheduler gives it
+    ``--cpus-per-trial`` threads; the main process mostly waits on the GPU, so it takes no core of its own)
+    unless the trial has a single CPU; none on CPU, where the cores compute."""
+    cpus = torch.get_num_threads()
+    return cpus if device.type == "cuda" and cpus > 1 else 0
 
 
 def encoder_identity(spec: TrialSpec) -> str:
