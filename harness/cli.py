@@ -65,8 +65,10 @@ def run(
     no_cache: bool = typer.Option(False, "--no-cache", help="Compute every feature and stage afresh."),
     report_after: bool = typer.Option(True, "--report/--no-report", help="Print the report at the end."),
     infer_images: Optional[int] = typer.Option(None, help="Test images timed for the inference-speed columns; "
-                                               "0 turns the measurement off [default: all on cuda, 100 on cpu]."),
+                                               "0 turns the measurement off [default: 1000 on cuda, 100 on cpu]."),
     infer_batch_size: int = typer.Option(100, help="Batch size of the inference-speed measurement."),
+    precision: Optional[str] = typer.Option(None, help="fp32, tf32 or bf16 (autocast of the encoder passes) "
+                                            "[default: bf16 on cuda, fp32 on cpu]."),
 ):
     """Run every trial (dataset x shots x seed x method stack) of a suite; finished trials are skipped."""
     _run_command(**locals())
@@ -74,7 +76,7 @@ def run(
 
 def _run_command(suite, methods, datasets, shots, seeds, model, pretrained, data_root, run_name, results, device,
                  gpus_per_trial, cpus_per_trial, max_concurrent, address, set_, retry_failed, cache_dir, no_cache,
-                 report_after, infer_images, infer_batch_size, tuning: Optional[dict] = None):
+                 report_after, infer_images, infer_batch_size, precision, tuning: Optional[dict] = None):
     """`bench run`; with ``tuning`` (budget, search, oracle), `bench tune`: the fixed trials and a search per
     cell, then the chosen settings (bench.tune)."""
     from .plan import check_names, parse_sets
@@ -99,7 +101,11 @@ def _run_command(suite, methods, datasets, shots, seeds, model, pretrained, data
         seeds=parse_int_list(seeds, "seeds") if seeds else None, model=model, pretrained=pretrained,
         data_root=data_root, device=device, sets=sets,
         cache_dir=None if no_cache else (cache_dir or default_cache_dir()),
-        infer_images=-1 if infer_images is None else infer_images, infer_batch_size=infer_batch_size)
+        infer_images=-1 if infer_images is None else infer_images, infer_batch_size=infer_batch_size,
+        precision=precision)
+    from .loading import check_shm
+
+    check_shm(specs, cpus_per_trial or spec_suite.cpus_per_trial)
     if tuning is not None:
         from .tune import TunePlan
 
@@ -446,6 +452,32 @@ def _show_method(method) -> None:
     lines += [f"  {k} {s}" for k, s in space.items()]
     for line in lines:
         out.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+@app.command("cache")
+def cache_(prune: bool = typer.Option(False, "--prune", help="Delete the entries the options below select."),
+           older_than: Optional[str] = typer.Option(None, help="Entries last used longer ago, e.g. 30d, 12h."),
+           run_name: Optional[str] = typer.Option(None, "--run", help="Entries used by this run and no other."),
+           cache_dir: Optional[str] = typer.Option(None, help="[default: $BENCH_CACHE or ~/.cache/bench]")):
+    """What the feature and stage cache holds, by kind and size; with --prune, delete some of it (never an
+    entry a running trial holds)."""
+    from .cache import default_cache_dir, entries, parse_age, prune as prune_entries
+
+    root = cache_dir or default_cache_dir()
+    if prune:
+        if older_than is None and run_name is None:
+            raise BenchError("bench cache --prune needs --older-than AGE (e.g. 30d) or --run NAME")
+        deleted, freed, busy = prune_entries(root, parse_age(older_than) if older_than else None, run_name)
+        out.print(f"deleted {deleted} entries ({freed / 2**20:.1f} MB) from {root}"
+                  + (f"; kept {busy} in use" if busy else ""))
+        return
+    table = Table("kind", "entries", "MB", title=f"cache {root}")
+    kinds: dict[str, list[int]] = {}
+    for kind, _, size, _ in entries(root):
+        kinds.setdefault(kind, []).append(size)
+    for kind, sizes in sorted(kinds.items()):
+        table.add_row(kind, str(len(sizes)), f"{sum(sizes) / 2**20:.1f}")
+    out.print(table)
 
 
 def _shown(value) -> str:

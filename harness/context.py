@@ -7,13 +7,14 @@ from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from .cache import FeatureCache, digest, items_fingerprint
+from .cost import Ledger
 from .data import transforms as T
 from .data.splits import DatasetSplits, Datum
-from .errors import BenchError
+from .loading import DecodedImages, DeviceBatches, device_batches, open_rgb
+from .precision import autocast
 
 
 class ImageList(Dataset):
@@ -29,19 +30,10 @@ class ImageList(Dataset):
         d = self.items[i]
         if self.decoded is not None and d.path in self.decoded:
             return self.transform(self.decoded[d.path]), d.label
-        try:
-            with Image.open(d.path) as im:
-                image = im.convert("RGB")
-            if self.decoded is not None:
-                self.decoded[d.path] = image
-            return self.transform(image), d.label
-        except FileNotFoundError:
-            raise BenchError(f"image {d.path} listed in the split is missing; restore the dataset's files "
-                             "(`bench data check` lists what is missing)") from None
-        except (UnidentifiedImageError, OSError, SyntaxError) as err:
-            # A damaged file fails its trial rather than being skipped: skipping would change the split.
-            raise BenchError(f"corrupt image file {d.path} ({type(err).__name__}); replace it with a good "
-                             "copy from the dataset's source") from None
+        image = open_rgb(d.path)
+        if self.decoded is not None:
+            self.decoded[d.path] = image
+        return self.transform(image), d.label
 
 
 def prompt_classname(name: str) -> str:
@@ -65,6 +57,11 @@ class TrialContext:
     cache: FeatureCache | None = None  # features shared across trials and runs (None: within the trial only)
     num_workers: int = 0  # image-decoding worker processes (0 on CPU, several on GPU)
     epoch_listener: Callable[[int, float], None] | None = None  # a search's early stopping: (epoch, val top-1)
+    num_workers: int = 0  # image-cropping worker processes (0 on CPU; on GPU from the trial's CPUs)
+    precision: str = "fp32"  # bench.precision: the encoder's passes run under ``autocast()``
+    ledger: Ledger = dataclasses.field(default_factory=Ledger)  # the trial's encoder work, counted
+    images: DecodedImages = dataclasses.field(default_factory=DecodedImages)  # few-shot images, decoded once
+    other_images: DecodedImages = dataclasses.field(default_factory=lambda: DecodedImages(budget=0))
     _features: dict = dataclasses.field(default_factory=dict)
     _decoded: dict = dataclasses.field(default_factory=dict)
     _items_ids: dict = dataclasses.field(default_factory=dict)
@@ -131,16 +128,32 @@ class TrialContext:
     def train_transform(self, scale: tuple[float, float]):
         return T.train_transform(self.image_size, scale, self.mean, self.std)
 
+    def autocast(self):
+        """The context of the encoder's passes in the run's precision (bf16 autocast, or nothing)."""
+        return autocast(self.device, self.precision)
+
+    def encode_images(self, images: torch.Tensor, kind: str = "features") -> torch.Tensor:
+        """The current encoder's float32 features of a batch, in the run's precision, counted in the ledger
+        under ``kind``. Gradients flow when enabled (the caller counts the backward pass)."""
+        self.ledger.forward(kind, len(images))
+        with self.autocast():
+            return self.clf.encode(images.to(self.device, non_blocking=True)).float()
+
     def loader(self, split: str, transform=None, batch_size: int = 100, shuffle: bool = False,
-               drop_last: bool = False, generator: torch.Generator | None = None) -> DataLoader:
-        """Batches of (images, labels). ``drop_last`` follows Dassl: only when the set fills a batch."""
+               drop_last: bool = False, generator: torch.Generator | None = None) -> DeviceBatches:
+        """Batches of (images, labels) on the device, normalised; iterate it once per epoch (its workers
+        persist). ``drop_last`` follows Dassl: only when the set fills a batch. The images and their random
+        augmentation do not depend on the number of workers (bench.loading)."""
         items = self.split(split)
-        # Few-shot sets are small and read every epoch: keep them decoded in memory (single process only).
-        decoded = self._decoded if split in ("train", "val") and not self.num_workers else None
-        return DataLoader(ImageList(items, transform or self.test_transform(), decoded), batch_size=batch_size,
-                          shuffle=shuffle, drop_last=drop_last and len(items) >= batch_size, generator=generator,
-                          num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
-                          persistent_workers=False)
+        # Few-shot sets are small and read every epoch: decoded once per trial (bounded), cropped from memory.
+        few_shot = split in ("train", "val")
+        images = self.images if few_shot else self.other_images
+        if few_shot:
+            images.fill([d.path for d in items], threads=max(1, self.num_workers))
+        return device_batches(items, transform or self.test_transform(), images, device=self.device,
+                              mean=self.mean, std=self.std, batch_size=batch_size, shuffle=shuffle,
+                              drop_last=drop_last and len(items) >= batch_size, generator=generator,
+                              workers=self.num_workers)
 
     @torch.no_grad()
     def features(self, split: str, transform=None, views: int = 1, stream: int = 0) -> torch.Tensor:
@@ -154,25 +167,30 @@ class TrialContext:
         augmented = transform is not None
         what = {"encoder": self.encoder_id, "data": self.spec.dataset_fingerprint, "items": self._items_id(split),
                 "transform": repr(transform) if augmented else ("test", self.image_size, self.mean, self.std),
-                "seed": (self.spec.seed, stream) if augmented else None, "device": self.device.type}
+                "seed": (self.spec.seed, stream) if augmented else None, "device": self.device.type,
+                **({} if self.precision == "fp32" else {"precision": self.precision})}
         whole = digest({**what, "views": views})
         if whole not in self._features:
             # Each pass is cached on its own, so a method asking for V passes reuses the first ones another
             # method (or an earlier trial) encoded with the same encoder, files, transform and seed stream.
             gen = self.generator(1000 + stream)
             seeds = [int(torch.randint(0, 2**31 - 1, (1,), generator=gen)) for _ in range(views)]
-            passes = [self._encoded_pass(digest({**what, "view": i}), split, transform, seed)
-                      for i, seed in enumerate(seeds)]
+            batches: list[DeviceBatches] = []  # one loader for every pass, made on the first miss
+
+            def loader() -> DeviceBatches:
+                if not batches:
+                    batches.append(self.loader(split, transform))
+                return batches[0]
+            passes = [self._encoded_pass(digest({**what, "view": i}), loader, seed) for i, seed in enumerate(seeds)]
             self._features[whole] = passes[0].unsqueeze(0) if views == 1 else torch.stack(passes)
         return self._features[whole]
 
-    def _encoded_pass(self, key: str, split: str, transform, seed: int) -> torch.Tensor:
+    def _encoded_pass(self, key: str, loader: Callable[[], DeviceBatches], seed: int) -> torch.Tensor:
         if key not in self._features:
             feats = self.cache.get(key) if self.cache is not None else None
             if feats is None:
                 torch.manual_seed(seed)
-                feats = torch.cat([self.clf.encode(x.to(self.device, non_blocking=True)).float()
-                                   for x, _ in self.loader(split, transform)])
+                feats = torch.cat([self.encode_images(x) for x, _ in loader()])
                 if self.cache is not None:
                     self.cache.put(key, feats)
             self._features[key] = feats.to(self.device)

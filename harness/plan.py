@@ -7,6 +7,7 @@ from typing import Any
 from .data.catalog import canonical_entry, check_data, get_dataset
 from .errors import BenchError
 from .fingerprint import dataset_fingerprint, fingerprinted
+from .precision import check_precision, default_precision
 from .protocols import get_protocol
 from .registry import canonical_stack, get_method, parse_stack, variant_needs
 from .results import check_run_name
@@ -18,6 +19,9 @@ from .suite import Suite
 # a synthetic trial's ~1 s outside fit and eval. On the tiny model (one thread, six alternated rounds) 100
 # images gave a median 291 images/s (265-349) and 256 gave 316 (284-354): the ranges overlap.
 CPU_INFER_IMAGES = 100
+# On cuda the first 1,000 test images are timed: the speed of a stack does not depend on which images it
+# classifies, and timing all of them (ImageNet: 50,000 per trial) was a sixth of the comparison's encoder work.
+CUDA_INFER_IMAGES = 1000
 
 
 def parse_int_list(text: str, what: str) -> list[int]:
@@ -73,9 +77,11 @@ def plan_trials(suite: Suite, *, run: str, results: str, methods: list[str] | No
                 seeds: list[int] | None = None, model: str | None = None, pretrained: str | None = None,
                 data_root: str | None = None, device: str | None = None,
                 sets: dict[str, dict[str, Any]] | None = None, cache_dir: str | None = None,
-                infer_images: int | None = -1, infer_batch_size: int = 100) -> list[TrialSpec]:
+                infer_images: int | None = -1, infer_batch_size: int = 100,
+                precision: str | None = None) -> list[TrialSpec]:
     """``infer_images``: test images timed for the inference-speed columns (None: all, 0: no measurement,
-    -1: the default, all on cuda and the first CPU_INFER_IMAGES on cpu)."""
+    -1: the default, the first CUDA_INFER_IMAGES on cuda and CPU_INFER_IMAGES on cpu). ``precision``:
+    fp32, tf32 or bf16 (None: bench.precision.default_precision for the device)."""
     check_run_name(run)
     check_names(suite, methods=methods, datasets=datasets, sets=sets or {})
     protocol = get_protocol(suite.protocol)
@@ -92,7 +98,8 @@ def plan_trials(suite: Suite, *, run: str, results: str, methods: list[str] | No
     if device not in ("cpu", "cuda"):
         raise BenchError(f"--device must be cpu or cuda, got '{device}'")
     if infer_images == -1:
-        infer_images = None if device == "cuda" else CPU_INFER_IMAGES
+        infer_images = CUDA_INFER_IMAGES if device == "cuda" else CPU_INFER_IMAGES
+    precision = check_precision(precision or default_precision(device))
     if (infer_images is not None and infer_images < 0) or infer_batch_size < 1:
         raise BenchError("--infer-images must be 0 (no speed measurement) or more, and --infer-batch-size 1 or more")
     if device == "cuda":
@@ -130,7 +137,7 @@ def plan_trials(suite: Suite, *, run: str, results: str, methods: list[str] | No
                          data_root=data_root, device=device, results=str(results), cache_dir=cache_dir,
                          protocol=suite.protocol,
                          shift_targets=tuple(suite.shift_targets), variants=variant_needs(stack),
-                         infer_images=infer_images, infer_batch_size=infer_batch_size)
+                         infer_images=infer_images, infer_batch_size=infer_batch_size, precision=precision)
         for plugin, config in spec.configs():  # validates every --set key and value now, not inside a worker
             plugin.check_model(config, blocks)
         specs.append(fingerprinted(spec, read, cache_dir, version))

@@ -198,6 +198,14 @@ class Method:
     def reusable(cls) -> bool:
         return cls.export is not Method.export and cls.restore is not Method.restore
 
+    # -- cost ----------------------------------------------------------------------------------
+    @classmethod
+    def plan_work(cls, config: Any, plan) -> None:
+        """Declare the image-encoder work ``fit`` does with ``config``, on a ``bench.cost.WorkPlan``
+        (``plan.features(...)``, ``plan.live(...)``, ``plan.trained_stage(...)``), so that a comparison's
+        cost is planned without running it (``benchmarks/paper_cost.py``). The default: not declared."""
+        raise NotImplementedError(f"{cls.name} declares no encoder work (Method.plan_work)")
+
     # -- training ------------------------------------------------------------------------------
     def fit(self, clf, ctx) -> dict[str, Any]:
         """Train on ``ctx`` (the trial's few-shot data) and install the result into ``clf``.

@@ -92,14 +92,16 @@ def _value(v) -> str:
 
 
 def _variant(row, stack: str) -> dict[str, str]:
-    """What tells this row's configuration apart: its non-default settings (but those a search chose), model
-    and weights."""
+    """What tells this row's configuration apart: its non-default settings (but those a search chose), model,
+    weights and precision."""
     several = "+" in stack
     chosen = json.loads(row.tuned) if isinstance(getattr(row, "tuned", None), str) else {}
     out = {(f"{m}.{k}" if several else k): _value(v) for m, kv in _settings(row).items() for k, v in kv.items()
            if f"{m}.{k}" not in chosen}
     out["model"] = str(row.model)
     out["weights"] = str(row.pretrained)
+    precision = getattr(row, "precision", None)
+    out["precision"] = precision if isinstance(precision, str) and precision else "fp32"  # older rows: fp32
     return out
 
 
@@ -118,8 +120,8 @@ def label_rows(rows: pd.DataFrame) -> pd.Series:
         keys = sorted({k for v in variants.values() for k in v})
         differing = [k for k in keys if len({v.get(k) for v in variants.values()}) > 1]
         for i, v in variants.items():
-            shown = [f"{k}={v[k]}" for k in differing if k in v and k not in ("model", "weights")]
-            shown += [f"{k}={v[k]}" for k in ("model", "weights") if k in differing]
+            shown = [f"{k}={v[k]}" for k in differing if k in v and k not in ("model", "weights", "precision")]
+            shown += [f"{k}={v[k]}" for k in ("model", "weights", "precision") if k in differing]
             labels[i] = (f"{stack} ({', '.join(shown)})" if shown else stack) + (
                 "" if selection == FIXED else f" [{selection}]")
     return pd.Series([labels[i] for i in rows.index], index=rows.index, dtype=object)

@@ -52,12 +52,15 @@ BASE_SCHEMA = pa.schema([
     ("fit_seconds", pa.float64()), ("eval_seconds", pa.float64()), ("peak_mem_mb", pa.float64()),
     # test-time speed of the final classifier (bench.trial.measure_throughput); device in `device`
     ("infer_images_per_s", pa.float64()), ("infer_batch_size", pa.int64()), ("infer_images", pa.int64()),
+    # the cost ledger (bench.cost): images decoded, encoder passes, their GFLOPs; by kind in `cost` (JSON)
+    ("images_decoded", pa.int64()), ("encoder_forward", pa.int64()), ("encoder_backward", pa.int64()),
+    ("encoder_gflops", pa.float64()), ("cost", pa.string()),
     ("variants", pa.string()),  # JSON: the named variants the stack uses, name -> {method, settings}
     # how the settings were chosen (bench.tune): fixed (also rows without the column), val-tuned, oracle, or a
     # search's trial; the search's budget and algorithm, the chosen (or sampled) settings as JSON, the cell
     ("selection", pa.string()), ("tune_budget", pa.int64()), ("tune_search", pa.string()),
     ("tuned", pa.string()), ("tune_cell", pa.string()), ("tune_trial", pa.int64()),
-    ("device", pa.string()), ("hostname", pa.string()),
+    ("device", pa.string()), ("precision", pa.string()), ("hostname", pa.string()),
     ("node_id", pa.string()), ("node_ip", pa.string()),  # the Ray node that ran the trial
     ("torch", pa.string()), ("open_clip", pa.string()), ("bench", pa.string()),
     ("started_at", _TS), ("finished_at", _TS), ("extras", pa.string()),

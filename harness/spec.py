@@ -43,6 +43,9 @@ class TrialSpec:
     # the trial's sampled or the chosen settings). Both are part of the trial id except for fixed rows.
     selection: str = "fixed"
     tuning: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # Numeric precision (bench.precision): fp32, tf32 or bf16. In the trial id and cache keys when not fp32,
+    # so every fp32 id stays what it was before the option existed.
+    precision: str = "fp32"
 
     def configs(self) -> list[tuple[type, Any]]:
         """The stack's plugins in pipeline order, each with its resolved config."""
@@ -62,7 +65,8 @@ class TrialSpec:
         plugins = self.configs()[: upto + 1]
         return digest({"data": self.data_fingerprint, "shots": self.shots, "seed": self.seed,
                        "protocol": self.protocol, "model": self.model, "weights": self.weights_fingerprint,
-                       "device": self.device, "stages": [[m.name, m.version, config_dict(c)] for m, c in plugins]})
+                       "device": self.device, "stages": [[m.name, m.version, config_dict(c)] for m, c in plugins],
+                       **self.precision_key()})
 
     @property
     def trial_id(self) -> str:
@@ -77,11 +81,15 @@ class TrialSpec:
             "versions": {m.name: m.version for m, _ in plugins},
             "config": {m.name: config_dict(c) for m, c in plugins},
             "model": self.model, "weights": self.weights_fingerprint,
-            "protocol": self.protocol, "shift_targets": list(self.shift_targets),
+            "protocol": self.protocol, "shift_targets": list(self.shift_targets), **self.precision_key(),
         }
         if self.selection != "fixed":  # fixed rows keep the ids they had before selections existed
             key.update(selection=self.selection, tuning=self.tuning)
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+    def precision_key(self) -> dict[str, str]:
+        """The precision as an identity entry: absent for fp32 (ids made before the option stay valid)."""
+        return {} if self.precision == "fp32" else {"precision": self.precision}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

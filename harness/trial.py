@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import random
 import shutil
 import time
@@ -17,13 +16,15 @@ import torch
 
 from . import __version__
 from .cache import FeatureCache, StageCache, module_fingerprint
+from .cost import encoder_gflops
 from .classifier import ClipClassifier, ZeroShotHead
 from .context import TrialContext
 from .data.catalog import get_dataset
 from .errors import BenchError
-from .fingerprint import fingerprinted, read_trial_data
+from .fingerprint import dataset_fingerprint, fingerprinted, read_trial_data
 from .models import load_model
 from .plugin import IMAGE_FEATURE_PARTS, config_dict
+from .precision import use_matmul_precision
 from .protocols import get_protocol
 from .results import PREDICTION_SCHEMA
 from .selection import is_search_trial, sealed_test
@@ -45,8 +46,14 @@ def resolve_device(device: str) -> torch.device:
 def build_context(spec: TrialSpec, progress: Callable[[str], None] = lambda m: None) -> TrialContext:
     """Load the trial's data and model and wrap them as a zero-shot classifier."""
     device = resolve_device(spec.device)
-    data, short, (fingerprint, _), _ = read_trial_data(spec.dataset, spec.data_root, spec.shots, spec.seed,
-                                                       spec.shift_targets)
+    def read():
+        return read_trial_data(spec.dataset, spec.data_root, spec.shots, spec.seed, spec.shift_targets,
+                               *process_memo(spec.data_root))
+    data, short, (fingerprint, _), _ = read()
+    if spec.data_fingerprint and fingerprint != spec.data_fingerprint:  # changed since this process read it?
+        _LISTINGS.clear()
+        _DATASET_FINGERPRINTS.clear()
+        data, short, (fingerprint, _), _ = read()
     if spec.data_fingerprint and fingerprint != spec.data_fingerprint:  # by hand: nothing to check
         raise BenchError(f"the data of '{spec.dataset}' changed after this run was planned (fingerprint "
                          f"{spec.data_fingerprint}, now {fingerprint}); run the same command again to plan "
@@ -60,11 +67,41 @@ def build_context(spec: TrialSpec, progress: Callable[[str], None] = lambda m: N
     ctx = TrialContext(spec=spec, clf=None, tokenizer=tokenizer, data=data, device=device, image_size=int(size),
                        mean=tuple(cfg["mean"]), std=tuple(cfg["std"]), progress=progress, short_classes=len(short),
                        encoder_id=encoder_identity(spec),
-                       cache=FeatureCache(spec.cache_dir) if spec.cache_dir else None,
-                       num_workers=min(8, (os.cpu_count() or 2) // 2) if device.type == "cuda" else 0)
+                       cache=FeatureCache(spec.cache_dir, spec.run) if spec.cache_dir else None,
+                       num_workers=loader_workers(device), precision=spec.precision)
     ctx.clf = ClipClassifier(model, ZeroShotHead(torch.zeros(1, 1), 1.0)).to(device)
     ctx.clf.head = ZeroShotHead(ctx.text_weights(), ctx.clf.logit_scale).to(device)
     return ctx
+
+
+_LISTINGS: dict = {}  # (dataset, data root) -> its splits as read, for every later trial of this process
+_DATASET_FINGERPRINTS: dict = {}
+
+
+def process_memo(data_root: str | None):
+    """``read_trial_data``'s memo hooks: a dataset is listed and fingerprinted once per process, not once
+    per trial (ImageNet: 1.28 M files listed, 50,000 test files sized). A trial still checks its data
+    against the planned fingerprint; a run is planned afresh (its data re-read) every time it starts."""
+    def read(name: str):
+        key = (name, data_root)
+        if key not in _LISTINGS:
+            _LISTINGS[key] = get_dataset(name).read(data_root)
+        return _LISTINGS[key]
+
+    def dataset_fp(name: str, full, targets):
+        key = (id(full), tuple(id(t) for t in targets))  # the listings are kept alive above: ids are stable
+        if key not in _DATASET_FINGERPRINTS:
+            _DATASET_FINGERPRINTS[key] = dataset_fingerprint(full, targets)
+        return _DATASET_FINGERPRINTS[key]
+    return read, dataset_fp
+
+
+def loader_workers(device: torch.device) -> int:
+    """Crop workers of a trial's loaders: on CUDA one per CPU of the trial (the scheduler gives it
+    ``--cpus-per-trial`` threads; the main process mostly waits on the GPU, so it takes no core of its own)
+    unless the trial has a single CPU; none on CPU, where the cores compute."""
+    cpus = torch.get_num_threads()
+    return cpus if device.type == "cuda" and cpus > 1 else 0
 
 
 def encoder_identity(spec: TrialSpec) -> str:
@@ -142,9 +179,11 @@ def measure_throughput(ctx: TrialContext, batch_size: int = 100, max_images: int
 
     def forward(images: torch.Tensor) -> float:
         images = images.to(device, non_blocking=True)
+        ctx.ledger.forward("timing", len(images))
         _sync(device)
         start = time.perf_counter()
-        clf(images)
+        with ctx.autocast():
+            clf(images)
         _sync(device)
         return time.perf_counter() - start
 
@@ -185,6 +224,7 @@ def run_trial(spec: TrialSpec, progress: Callable[[str], None] = lambda m: None,
     if not spec.data_fingerprint:  # a spec made by hand rather than by planning
         spec = fingerprinted(spec, cache_dir=spec.cache_dir)
     seed_everything(spec.seed)
+    use_matmul_precision(spec.precision)
     if spec.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     ctx = build_context(spec, progress)
@@ -197,7 +237,7 @@ def run_trial(spec: TrialSpec, progress: Callable[[str], None] = lambda m: None,
         row["extras"]["classes_with_fewer_than_k"] = ctx.short_classes
     trainable = 0
     t0 = time.perf_counter()
-    stages = StageCache(spec.cache_dir) if spec.cache_dir else None
+    stages = StageCache(spec.cache_dir, spec.run) if spec.cache_dir else None
     plugins = spec.configs()
     for i, (plugin, config) in enumerate(plugins):
         seed_everything(spec.seed)
@@ -233,6 +273,8 @@ def run_trial(spec: TrialSpec, progress: Callable[[str], None] = lambda m: None,
     eval_seconds = time.perf_counter() - t0 - speed_seconds
     if keep_predictions is not None and not searching:
         keep_predictions(predictions.table())
+    row.update(ctx.ledger.row(encoder_gflops(ctx.clf.model.visual, ctx.image_size, (spec.model, ctx.image_size)),
+                              ctx.images.decoded + ctx.other_images.decoded, spec.precision))
     row.update(
         status="ok", error=None, top1=top1, val_top1=val_top1, n_train=len(ctx.data.train), n_test=n_test,
         trainable_params=trainable, fit_seconds=fit_seconds, eval_seconds=eval_seconds,
@@ -286,7 +328,7 @@ def plain_spec_fields(spec: TrialSpec) -> dict[str, Any]:
         "shots": spec.shots, "seed": spec.seed, "stack": spec.stack, "model": spec.model,
         "pretrained": spec.pretrained, "data_fingerprint": spec.data_fingerprint,
         "dataset_fingerprint": spec.dataset_fingerprint, "weights_fingerprint": spec.weights_fingerprint,
-        "device": spec.device, **selection_fields(spec),
+        "device": spec.device, "precision": spec.precision, **selection_fields(spec),
     }
 
 

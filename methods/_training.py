@@ -84,7 +84,7 @@ def train_epochs(epochs: int, epoch_batches: Callable[[int], Iterable[tuple]], s
                 scheduler.step()
         if scheduler is not None and not per_batch:
             scheduler.step()
-        mean = sum(losses) / max(len(losses), 1)
+        mean = epoch_mean(losses)
         if after_epoch is not None:
             after_epoch(epoch)
         if val_report is not None:
@@ -96,8 +96,17 @@ def train_epochs(epochs: int, epoch_batches: Callable[[int], Iterable[tuple]], s
     return mean
 
 
-def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, scaler=None) -> float:
-    """Back-propagate ``loss`` and step (through ``scaler``, a ``GradScaler``, when given); the loss value."""
+def epoch_mean(losses: list) -> float:
+    """The mean of an epoch's step losses (floats or 0-d tensors), read from the device once."""
+    tensors = [v for v in losses if isinstance(v, torch.Tensor)]
+    read = iter(torch.stack([t.detach().reshape(()) for t in tensors]).double().tolist()) if tensors else iter(())
+    values = [next(read) if isinstance(v, torch.Tensor) else float(v) for v in losses]
+    return sum(values) / max(len(values), 1)
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, scaler=None) -> torch.Tensor:
+    """Back-propagate ``loss`` and step (through ``scaler``, a ``GradScaler``, when given); the detached
+    loss, left on the device (:func:`train_epochs` reads an epoch's losses at once: no sync per step)."""
     optimizer.zero_grad(set_to_none=True)
     if scaler is not None:
         scaler.scale(loss).backward()
@@ -106,7 +115,7 @@ def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, scaler=
     else:
         loss.backward()
         optimizer.step()
-    return float(loss.detach())
+    return loss.detach()
 
 
 def batches(n: int, batch_size: int, generator: torch.Generator, shuffle: bool = True,
@@ -162,7 +171,7 @@ def train_feature_batches(clf, ctx, transform, batch_size: int, generator: torch
         def live(epoch: int):
             for images, labels in loader:
                 with torch.no_grad():
-                    feats = clf.encode(images.to(ctx.device)).float()
+                    feats = ctx.encode_images(images, kind="live")
                 yield feats, labels.to(ctx.device)
         return live
 

@@ -81,6 +81,13 @@ class ClipAdapter(Method):
     def defaults_for(cls, dataset: str, shots: int) -> dict:
         return {"epochs": coop_epochs(dataset, shots)}
 
+    @classmethod
+    def plan_work(cls, config: ClipAdapterConfig, plan) -> None:
+        if config.feature_cache:
+            plan.features("train", ("crop", tuple(config.crop_scale), 0), config.views or config.epochs)
+        else:
+            plan.live("train", config.batch_size, config.epochs, drop_last=True)
+
     def fit(self, clf, ctx) -> dict:
         cfg: ClipAdapterConfig = self.config
         if cfg.epochs < 1:

@@ -68,6 +68,13 @@ class CoOp(Method):
     def defaults_for(cls, dataset: str, shots: int) -> dict:
         return {"epochs": coop_epochs(dataset, shots)}
 
+    @classmethod
+    def plan_work(cls, config: CoOpConfig, plan) -> None:
+        if config.feature_views:
+            plan.features("train", ("crop", tuple(config.crop_scale), 0), config.feature_views)
+        else:
+            plan.live("train", config.batch_size, config.epochs, drop_last=True)
+
     def fit(self, clf, ctx) -> dict:
         cfg: CoOpConfig = self.config
         return train_prompt(self.name, cfg, clf, ctx, lambda dtype: PromptHead(

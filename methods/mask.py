@@ -86,8 +86,8 @@ def bf16_autocast(device: torch.device) -> Callable:
 def rmt_step(visual, head: Callable, scores: dict[str, torch.Tensor], opt: torch.optim.Optimizer,
              images: torch.Tensor, labels: torch.Tensor, *, threshold: float, reg_weight: float,
              gdr: bool, lam: float, temperature: float = 1.0, generator: torch.Generator | None = None,
-             autocast=contextlib.nullcontext, teacher_eval: bool = True) -> float:
-    """One R-AMT (``gdr``) or AMT step on ``scores``; returns the task loss.
+             autocast=contextlib.nullcontext, teacher_eval: bool = True) -> torch.Tensor:
+    """One R-AMT (``gdr``) or AMT step on ``scores``; returns the task loss (detached, on the device).
 
     The teacher (the unmasked tower) runs under ``no_grad`` and, by default, in eval mode: CLIP ViTs have
     no train/eval-dependent layers, and eval mode lets PyTorch use its fused inference attention
@@ -114,7 +114,18 @@ def rmt_step(visual, head: Callable, scores: dict[str, torch.Tensor], opt: torch
             g = gdr_gradient(g, g_kl[i], lam, u)
         s.grad = g
     opt.step()
-    return float(loss.detach())
+    return loss.detach()
+
+
+def count_step(ctx, images: int, gdr: bool) -> None:
+    """The encoder work of one step in the trial's ledger: the student's forward and backward passes (two
+    backward with GDR: the KL and the task gradients) and, with GDR, the teacher's forward."""
+    ledger = getattr(ctx, "ledger", None)
+    if ledger is not None:
+        ledger.forward("train", images)
+        ledger.backward("train", images * (2 if gdr else 1))
+        if gdr:
+            ledger.forward("teacher", images)
 
 
 class MaskTuning(Method):
@@ -185,6 +196,11 @@ class MaskTuning(Method):
         self.masks = load_masks(Path(directory) / MASKS_FILE)
         apply_masks(clf.model.visual, self.masks)
 
+    @classmethod
+    def plan_work(cls, config, plan) -> None:
+        plan.trained_stage(config.batch_size, config.epochs, config.steps, backward=2 if config.gdr else 1,
+                           teacher=config.gdr)
+
     def fit(self, clf, ctx) -> dict:
         cfg = self.config
         visual = clf.model.visual
@@ -200,7 +216,9 @@ class MaskTuning(Method):
         if cfg.lowercase:
             head = ZeroShotHead(ctx.text_weights(lower=True), clf.logit_scale).to(ctx.device)
 
-        autocast = bf16_autocast(ctx.device) if cfg.bf16 else contextlib.nullcontext
+        # bf16 when the setting or the run's precision asks for it (TF32 follows the run's precision)
+        bf16 = cfg.bf16 or getattr(ctx, "precision", "fp32") == "bf16"
+        autocast = bf16_autocast(ctx.device) if bf16 else contextlib.nullcontext
         loader = ctx.loader("train", ctx.train_transform((cfg.crop_scale_min, 1.0)), batch_size=cfg.batch_size,
                             shuffle=True, drop_last=True, generator=ctx.generator(11))
         per_epoch = max(len(loader), 1)
@@ -212,7 +230,8 @@ class MaskTuning(Method):
                                                                                   generator=ctx.generator(12))))
         done = [0, float("nan")]  # steps taken, the last step's loss
 
-        def step(images, labels) -> float:
+        def step(images, labels) -> torch.Tensor:
+            count_step(ctx, len(labels), cfg.gdr)
             done[1] = rmt_step(visual, head, scores, opt, images.to(ctx.device), labels.to(ctx.device),
                                threshold=cfg.threshold, reg_weight=cfg.reg_weight, gdr=cfg.gdr, lam=lam,
                                temperature=cfg.gdr_temperature, generator=u_gen, autocast=autocast)
@@ -231,7 +250,7 @@ class MaskTuning(Method):
                              masked_forward(visual, scores, cfg.threshold, images))))
         finally:
             visual.train(was_training)
-        steps_taken, loss = done
+        steps_taken, loss = done[0], float(done[1])
 
         masks = binary_masks(scores, cfg.threshold)
         off, off_encoder = sparsity(masks, visual)

@@ -165,6 +165,17 @@ class _TipBase(Method):
             out["epochs"] = epochs
         return out
 
+    @classmethod
+    def plan_work(cls, config: TipAdapterConfig, plan) -> None:
+        plan.features("train", ("crop", tuple(config.crop_scale), 30), config.augment_views)
+        if config.search_hp or getattr(config, "select", "") == "val":
+            plan.features("val")
+        if isinstance(config, TipAdapterFConfig):
+            if config.feature_cache:
+                plan.features("train", ("crop", tuple(config.crop_scale), 31), config.train_views or config.epochs)
+            else:
+                plan.live("train", config.batch_size, config.epochs, drop_last=False)
+
     def train_keys(self, term: CacheTerm, clf, ctx, val) -> dict:
         """Tip-Adapter-F's fine-tuning; nothing for the training-free Tip-Adapter."""
         return {}

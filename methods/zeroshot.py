@@ -9,5 +9,9 @@ class ZeroShot(Method):
     reference = True
     gain_baseline = True
 
+    @classmethod
+    def plan_work(cls, config, plan) -> None:
+        pass  # the harness's evaluation only
+
     def fit(self, clf, ctx):
         return {"trainable_params": 0}  # the harness builds the zero-shot head for every trial

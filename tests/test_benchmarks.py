@@ -94,7 +94,7 @@ def test_gpu_throughput_step_on_cpu():
                        n_classes=4, log=lambda *a: None, peaks={"bf16": 2.0, "fp32": 1.0})
     assert [(r["batch"], r["precision"]) for r in rows] == [(2, "fp32"), (2, "bf16")]
     assert [r["mfu"] for r in rows] == [rows[0]["model_tflops"] / 1.0, rows[1]["model_tflops"] / 2.0]
-    assert gpu.peak_tflops("NVIDIA H100 PCIe", tf32=True) == {"bf16": 756.0, "fp32": 378.0}
+    assert gpu.peak_tflops("NVIDIA H100 PCIe", tf32=True) == {"bf16": 756.0, "fp32": 378.0, "tf32": 378.0}
     assert gpu.peak_tflops("NVIDIA A100-SXM4-80GB", tf32=False)["fp32"] == 19.5
     assert gpu.peak_tflops("cpu", tf32=False) is None
     assert all(r["error"] is None and r["images_per_s"] > 0 and r["model_tflops"] > 0 for r in rows)

@@ -1,7 +1,16 @@
-"""CLIP's test transform and the random-resized-crop train augmentations the methods ask for."""
+"""CLIP's test transform and the random-resized-crop train augmentations the methods ask for.
+
+Both are :class:`CropThenNormalise`: geometric steps on the PIL image, then to a tensor and normalised.
+Called on an image they behave as the ``Compose`` they are; the loader (bench.loading) splits them instead:
+the random parameters are drawn in the main process (:meth:`CropThenNormalise.draw`, from torch's global
+generator in the order the call would draw them), the crop runs in a worker to a uint8 image
+(:meth:`CropThenNormalise.to_uint8`), and :func:`normalise` on the device gives the same floats bit for bit.
+"""
 from __future__ import annotations
 
+import torch
 from torchvision import transforms as T
+from torchvision.transforms import functional as F
 
 BICUBIC = T.InterpolationMode.BICUBIC
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -10,8 +19,7 @@ OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 def test_transform(size: int, mean=OPENAI_MEAN, std=OPENAI_STD) -> T.Compose:
     """Resize the shorter side (bicubic) -> center crop -> normalise (CoOp's and CLIP's eval transform)."""
-    return T.Compose([T.Resize(size, interpolation=BICUBIC), T.CenterCrop(size), _to_rgb_tensor(),
-                      T.Normalize(mean, std)])
+    return CropThenNormalise([T.Resize(size, interpolation=BICUBIC), T.CenterCrop(size)], mean, std)
 
 
 def train_transform(size: int, scale: tuple[float, float], mean=OPENAI_MEAN, std=OPENAI_STD) -> T.Compose:
@@ -19,9 +27,56 @@ def train_transform(size: int, scale: tuple[float, float], mean=OPENAI_MEAN, std
 
     CoOp uses scale (0.08, 1); Tip-Adapter and R-AMT use (0.5, 1).
     """
-    return T.Compose([T.RandomResizedCrop(size, scale=scale, interpolation=BICUBIC), T.RandomHorizontalFlip(),
-                      _to_rgb_tensor(), T.Normalize(mean, std)])
+    return CropThenNormalise([T.RandomResizedCrop(size, scale=scale, interpolation=BICUBIC),
+                              T.RandomHorizontalFlip()], mean, std)
 
 
 def _to_rgb_tensor():
     return T.Compose([T.Lambda(lambda im: im.convert("RGB")), T.ToTensor()])
+
+
+class CropThenNormalise(T.Compose):
+    """``Compose([*geometric, to RGB tensor, Normalize(mean, std)])`` that can also run in two halves."""
+
+    def __init__(self, geometric: list, mean, std):
+        super().__init__([*geometric, _to_rgb_tensor(), T.Normalize(mean, std)])
+        self.geometric, self.mean, self.std = list(geometric), tuple(mean), tuple(std)
+
+    def __repr__(self) -> str:  # as the plain Compose it replaces: feature cache keys stay valid
+        return T.Compose.__repr__(self).replace(type(self).__name__, "Compose", 1)
+
+    @property
+    def random(self) -> bool:
+        return any(isinstance(step, (T.RandomResizedCrop, T.RandomHorizontalFlip)) for step in self.geometric)
+
+    def draw(self, width: int, height: int) -> tuple:
+        """The random parameters of one call on a ``width`` x ``height`` image, drawn as the call would."""
+        params = []
+        for step in self.geometric:
+            if isinstance(step, T.RandomResizedCrop):
+                params.append(step.get_params(torch.zeros(()).expand(3, height, width), step.scale, step.ratio))
+            elif isinstance(step, T.RandomHorizontalFlip):
+                params.append(bool(torch.rand(1) < step.p))
+            elif not isinstance(step, (T.Resize, T.CenterCrop)):
+                raise TypeError(f"no drawn parameters for {step!r}")
+        return tuple(params)
+
+    def to_uint8(self, image, params: tuple) -> torch.Tensor:
+        """The geometric steps with drawn ``params`` on a PIL RGB image: a uint8 [3, H, W] tensor."""
+        drawn = iter(params)
+        for step in self.geometric:
+            if isinstance(step, T.RandomResizedCrop):
+                i, j, h, w = next(drawn)
+                image = F.resized_crop(image, i, j, h, w, step.size, step.interpolation, antialias=step.antialias)
+            elif isinstance(step, T.RandomHorizontalFlip):
+                image = F.hflip(image) if next(drawn) else image
+            else:
+                image = step(image)
+        return F.pil_to_tensor(image.convert("RGB"))
+
+
+def normalise(images: torch.Tensor, mean, std) -> torch.Tensor:
+    """uint8 [N, 3, H, W] -> float32 as ``ToTensor`` + ``Normalize`` compute it (the same floats)."""
+    m = torch.as_tensor(mean, dtype=torch.float32, device=images.device).view(-1, 1, 1)
+    s = torch.as_tensor(std, dtype=torch.float32, device=images.device).view(-1, 1, 1)
+    return images.to(torch.float32).div(255).sub_(m).div_(s)

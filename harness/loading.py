@@ -1,0 +1,234 @@
+"""The image path from files to the device: decode once, crop in workers, ship uint8, normalise on the device.
+
+* :class:`DecodedImages` keeps a trial's few-shot images decoded (uint8), up to a budget
+  (``BENCH_DECODED_MB``, default 4096 MB: 16 shots of ImageNet's 1,000 classes at ~500x400 px take ~9.6 GB
+  and then only the first ~40 % stay decoded; every other few-shot set fits). Images past the budget are
+  decoded on access, as every test image is.
+* Every random parameter of a batch is drawn in the main process, in sample order, from torch's global
+  generator — the very draws the transform would make when called in one process — so a trial's batches
+  are the same bit for bit with 0, 1 or many workers, and the same as before workers could exist.
+  A transform that is not a :class:`~bench.data.transforms.CropThenNormalise` gets a seed per sample,
+  drawn the same way, and runs under it in whichever process fetches the sample.
+* Workers return uint8 crops (a quarter of float32's bytes through shared memory); :class:`DeviceBatches`
+  copies them to the device (pinned, non-blocking) and normalises there.
+"""
+from __future__ import annotations
+
+import os
+import random
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Sequence
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
+
+from .data.splits import Datum
+from .data.transforms import CropThenNormalise, normalise
+from .errors import BenchError
+
+DECODED_BUDGET_MB = 4096
+
+
+def decoded_budget_bytes() -> int:
+    return int(float(os.environ.get("BENCH_DECODED_MB", DECODED_BUDGET_MB)) * 2**20)
+
+
+def open_rgb(path: str) -> Image.Image:
+    """The image file as RGB; a missing or damaged file is a one-line BenchError (it fails its trial)."""
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except FileNotFoundError:
+        raise BenchError(f"image {path} listed in the split is missing; restore the dataset's files "
+                         "(`bench data check` lists what is missing)") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        # A damaged file fails its trial rather than being skipped: skipping would change the split.
+        raise BenchError(f"corrupt image file {path} ({type(err).__name__}); replace it with a good "
+                         "copy from the dataset's source") from None
+
+
+def image_size(path: str) -> tuple[int, int]:
+    """(width, height) from the file's header, without decoding it."""
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (OSError, SyntaxError):
+        return open_rgb(path).size  # raises the one-line error
+
+
+class DecodedImages:
+    """Decoded RGB images (PIL, 8 bits a channel) of a trial, by path, up to ``budget`` bytes in all.
+
+    Forked workers see them without copying. ``decoded`` counts the decodes made here and the reads of
+    images not held (decoded where they are read)."""
+
+    def __init__(self, budget: int | None = None):
+        self.budget = decoded_budget_bytes() if budget is None else budget
+        self.held: dict[str, Image.Image] = {}
+        self.sizes: dict[str, tuple[int, int]] = {}
+        self.used = 0
+        self.decoded = 0
+
+    def fill(self, paths: Sequence[str], threads: int = 1) -> None:
+        """Decode the paths not held yet (PIL releases the GIL while decoding: threads run in parallel)."""
+        todo = [p for p in dict.fromkeys(paths) if p not in self.held and p not in self.sizes]
+        if not todo:
+            return
+        with ThreadPoolExecutor(max(1, threads)) as pool:
+            for path, image in zip(todo, pool.map(open_rgb, todo)):
+                self.decoded += 1
+                self.sizes[path] = image.size
+                nbytes = image.width * image.height * 3
+                if self.used + nbytes <= self.budget:
+                    self.held[path] = image
+                    self.used += nbytes
+
+    def size(self, path: str) -> tuple[int, int]:
+        if path not in self.sizes:
+            self.sizes[path] = image_size(path)
+        return self.sizes[path]
+
+    def image(self, path: str) -> Image.Image:
+        image = self.held.get(path)
+        return image if image is not None else open_rgb(path)
+
+
+class Crops(Dataset):
+    """Worker side: sample ``(index, drawn)`` -> (image, label); the image is a uint8 crop for a
+    CropThenNormalise (``drawn``: its parameters), else the transform's output under seed ``drawn``."""
+
+    def __init__(self, items: Sequence[Datum], transform: Callable, images: DecodedImages):
+        self.items, self.transform, self.images = list(items), transform, images
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, key):
+        index, drawn = key
+        d = self.items[index]
+        image = self.images.image(d.path)
+        if isinstance(self.transform, CropThenNormalise):
+            return self.transform.to_uint8(image, drawn), d.label
+        torch.manual_seed(drawn)
+        random.seed(drawn)
+        return self.transform(image), d.label
+
+
+class DrawnBatches(Sampler):
+    """Main side: each epoch's index batches, every sample paired with its draws, all drawn at the epoch's
+    start in sample order (so nothing a worker does, or when, can change them)."""
+
+    def __init__(self, batches: BatchSampler, items: Sequence[Datum], transform: Callable, images: DecodedImages):
+        self.batches, self.items, self.transform, self.images = batches, items, transform, images
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        # A generator: nothing is drawn until the first batch is asked for (a DataLoader with workers calls
+        # iter() twice on its first epoch), then the whole epoch at once.
+        epoch = list(self.batches)
+        held = self.images.held
+        if isinstance(self.transform, CropThenNormalise) and not self.transform.random:
+            def draw(i):
+                return ()
+        elif isinstance(self.transform, CropThenNormalise):
+            def draw(i):
+                return self.transform.draw(*self.images.size(self.items[i].path))
+        else:
+            def draw(i):
+                return int(torch.randint(0, 2**62, (1,)))
+        for batch in [[(i, draw(i)) for i in batch] for batch in epoch]:
+            self.images.decoded += sum(self.items[i].path not in held for i, _ in batch)  # fetched undecoded
+            yield batch
+
+
+class DeviceBatches:
+    """Batches (images, labels) on ``device``: uint8 crops normalised there, any other batch moved as is.
+
+    Iterating it once is one pass (an epoch); the loader's workers persist between passes."""
+
+    def __init__(self, loader: DataLoader, device: torch.device, mean, std, generator: torch.Generator | None,
+                 on_batch: Callable[[int], None] = lambda n: None):
+        self.loader, self.device, self.mean, self.std = loader, device, mean, std
+        self.generator, self.on_batch = generator, on_batch
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    @property
+    def dataset(self):
+        return self.loader.dataset
+
+    def __iter__(self):
+        # The draw a DataLoader makes when an epoch starts (its workers' base seed): made here, once per
+        # pass, so the generators advance alike whether the loader's workers persist or not.
+        torch.empty((), dtype=torch.int64).random_(generator=self.generator)
+        for images, labels in self.loader:
+            self.on_batch(len(labels))
+            images = images.to(self.device, non_blocking=True)
+            if images.dtype == torch.uint8:
+                images = normalise(images, self.mean, self.std)
+            yield images, labels.to(self.device, non_blocking=True)
+
+
+def device_batches(items: Sequence[Datum], transform: Callable, images: DecodedImages, *, device: torch.device,
+                   mean, std, batch_size: int, shuffle: bool, drop_last: bool, generator: torch.Generator | None,
+                   workers: int, on_batch: Callable[[int], None] = lambda n: None) -> DeviceBatches:
+    """One persistent loader over ``items`` (see the module docstring)."""
+    order = RandomSampler(items, generator=generator) if shuffle else SequentialSampler(items)
+    batches = DrawnBatches(BatchSampler(order, batch_size, drop_last), items, transform, images)
+    loader = DataLoader(Crops(items, transform, images), batch_sampler=batches, num_workers=workers,
+                        pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+                        prefetch_factor=PREFETCH if workers else None, generator=torch.Generator())
+    return DeviceBatches(loader, device, mean, std, generator, on_batch)
+
+
+PREFETCH = 2  # batches each worker prepares ahead
+
+
+def shm_bytes_needed(workers: int, batch_size: int, image_size: int) -> int:
+    """/dev/shm a trial's loader can hold at once: every worker's prefetched uint8 batches (plus one)."""
+    return (workers * PREFETCH + 1) * batch_size * 3 * image_size * image_size
+
+
+def shm_free_bytes(path: str = "/dev/shm") -> int | None:
+    """Free bytes of the shared-memory mount workers hand batches through (None: no such mount)."""
+    import shutil
+
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
+
+
+def check_shm(specs, cpus_per_trial: float, free: int | None = None) -> None:
+    """A one-line BenchError, before any trial starts, when /dev/shm cannot hold one CUDA trial's batches
+    in flight (a container's default 64 MB makes every worker die with a bus error instead)."""
+    workers = int(cpus_per_trial) if int(cpus_per_trial) > 1 else 0  # as bench.trial.loader_workers
+    cuda = [s for s in specs if s.device == "cuda"]
+    if not cuda or not workers:
+        return
+    free = shm_free_bytes() if free is None else free
+    if free is None:
+        return
+    batch = max(max((getattr(c, "batch_size", 0) for _, c in s.configs()), default=0) for s in cuda)
+    batch = max(batch, 100, *(s.infer_batch_size for s in cuda))
+    need = shm_bytes_needed(workers, batch, max(_image_size(s.model) for s in cuda))
+    if free < need:
+        raise BenchError(f"/dev/shm has {free / 2**20:.0f} MB free but a trial's {workers} loader workers need "
+                         f"about {need / 2**20:.0f} MB; start the container with --shm-size={_gb(need)}g or "
+                         "--ipc=host, or run with --cpus-per-trial 1 (no workers)")
+
+
+def _gb(n: int) -> int:
+    return max(1, -(-2 * n // 2**30))  # twice the need, in whole GB
+
+
+def _image_size(model: str) -> int:
+    import open_clip
+
+    cfg = open_clip.get_model_config(model) or {}
+    size = cfg.get("vision_cfg", {}).get("image_size", 224)
+    return int(size[0] if isinstance(size, (tuple, list)) else size)

@@ -1,0 +1,93 @@
+"""The image path: batches do not depend on the number of loader workers and equal the single-process
+transform's; /dev/shm too small is one line before any trial; the cache is listed and pruned, never an
+entry in use."""
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from bench.context import ImageList
+from bench.errors import BenchError
+from bench.fingerprint import fingerprinted
+from bench.spec import TrialSpec
+from bench.trial import build_context, seed_everything
+
+
+def context(root, workers: int):
+    spec = TrialSpec(run="t", suite="t", dataset="fixture", shots=4, seed=1, stack="coop", pretrained="none",
+                     data_root=str(root))
+    seed_everything(1)
+    ctx = build_context(fingerprinted(spec))
+    ctx.num_workers = workers
+    return ctx
+
+
+def two_epochs(ctx) -> list[torch.Tensor]:
+    torch.manual_seed(5)
+    loader = ctx.loader("train", ctx.train_transform((0.08, 1.0)), batch_size=5, shuffle=True,
+                        generator=ctx.generator(11))
+    return [torch.cat([images, labels.view(-1, 1, 1, 1).expand(-1, 3, 1, images.shape[-1]).float()], 2)
+            for _ in range(2) for images, labels in loader]
+
+
+def test_batches_are_the_same_with_any_number_of_workers(fixture_root, one_thread):
+    reference = two_epochs(context(fixture_root, 0))
+    for workers in (1, 2):
+        batches = two_epochs(context(fixture_root, workers))
+        assert len(batches) == len(reference)
+        assert all(torch.equal(a, b) for a, b in zip(batches, reference)), f"{workers} workers differ"
+    assert not torch.equal(reference[0], reference[len(reference) // 2])  # epochs are augmented anew
+
+
+def test_batches_equal_the_transform_called_in_one_process(fixture_root, one_thread):
+    """The draws made in the main process are the transform's own: results made before are unchanged."""
+    ctx = context(fixture_root, 2)
+    transform = ctx.train_transform((0.08, 1.0))
+    torch.manual_seed(5)
+    old = DataLoader(ImageList(ctx.split("train"), transform), batch_size=5, shuffle=True,
+                     generator=ctx.generator(11))
+    expected = [images for _ in range(2) for images, _ in old]
+    torch.manual_seed(5)
+    new = ctx.loader("train", transform, batch_size=5, shuffle=True, generator=ctx.generator(11))
+    got = [images for _ in range(2) for images, _ in new]
+    assert all(torch.equal(a, b) for a, b in zip(got, expected)) and len(got) == len(expected)
+    assert ctx.images.decoded == len(ctx.split("train"))  # each few-shot image decoded once for both epochs
+
+
+def test_a_small_dev_shm_is_one_line_naming_the_fix(fixture_root):
+    from bench.loading import check_shm
+
+    spec = TrialSpec(run="t", suite="t", dataset="fixture", shots=4, seed=1, stack="coop", model="ViT-B-16",
+                     pretrained="openai", data_root=str(fixture_root), device="cuda")  # 224 px crops
+    with pytest.raises(BenchError) as err:
+        check_shm([spec], cpus_per_trial=8, free=64 * 2**20)  # a container's default 64 MB
+    assert "--shm-size" in str(err.value) and "--ipc=host" in str(err.value) and "\n" not in str(err.value)
+    check_shm([spec], cpus_per_trial=8, free=2 * 2**30)  # 2 GB holds 7 workers' prefetched batches
+    check_shm([spec], cpus_per_trial=1, free=64 * 2**20)  # no workers, nothing through /dev/shm
+    check_shm([TrialSpec(**{**spec.to_dict(), "device": "cpu"})], cpus_per_trial=8, free=0)
+
+
+
+
+def test_cache_lists_by_kind_and_prunes_by_age_and_run_but_never_an_entry_in_use(tmp_path):
+    from bench.cache import FeatureCache, StageCache, entries, key_lock, prune
+
+    features = FeatureCache(tmp_path, run="old")
+    for key in ("a" * 32, "b" * 32):
+        features.put(key, torch.zeros(3, 4))
+    StageCache(tmp_path, run="new").publish("c" * 32, lambda tmp: (tmp / "row.json").write_text("{}"))
+    FeatureCache(tmp_path, run="new").put("d" * 32, torch.zeros(2))
+    assert sorted(k for k, *_ in entries(tmp_path)) == ["features"] * 3 + ["stages"]
+    week_ago = time.time() - 7 * 86400
+    os.utime(features.path("a" * 32), (week_ago, week_ago))
+    os.utime(features.path("b" * 32), (week_ago, week_ago))
+    with key_lock(features.path("b" * 32)):  # a trial is reading it
+        deleted, freed, busy = prune(tmp_path, older_than_s=86400)
+    assert (deleted, busy) == (1, 1) and freed > 0
+    assert not features.path("a" * 32).exists() and features.path("b" * 32).exists()
+    assert prune(tmp_path, run="new")[0] == 2  # the stage and the feature file only "new" used
+    assert [p.name for _, p, *_ in entries(tmp_path)] == [f"{'b' * 32}.safetensors"]
