@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import contextlib
 
-import torch
-
 from .errors import BenchError
 
 PRECISIONS = ("fp32", "tf32", "bf16")
@@ -27,12 +25,16 @@ def check_precision(precision: str) -> str:
 
 def use_matmul_precision(precision: str) -> None:
     """TF32 tensor-core matmuls and convolutions exactly when ``tf32`` is asked for (process-wide)."""
+    import torch  # here, not at the top: planning checks a precision before torch is loaded
+
     torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
     torch.backends.cudnn.allow_tf32 = precision == "tf32"
 
 
-def autocast(device: torch.device | str, precision: str):
+def autocast(device, precision: str):
     """The context the encoder's passes run in: bf16 autocast on the device's type, or nothing."""
+    import torch
+
     if precision == "bf16":
         return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
     return contextlib.nullcontext()

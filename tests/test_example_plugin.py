@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -26,7 +27,7 @@ def test_example_plugin_installs_lists_and_stacks(tmp_path):
     subprocess.run(pip, check=True, capture_output=True)
     try:
         listed = subprocess.run([sys.executable, "-m", "bench.cli", "list", "methods"], capture_output=True,
-                                text=True, cwd=tmp_path)
+                                text=True, cwd=tmp_path, env={**os.environ, "COLUMNS": "250"})  # one line a row
         assert listed.returncode == 0 and "prototype" in listed.stdout and "Nearest class prototype" in listed.stdout
         ran = subprocess.run([sys.executable, "-c", RUN_STACK], capture_output=True, text=True, cwd=tmp_path,
                              timeout=600)
