@@ -142,6 +142,18 @@ def assert_same_step(ours, official, params, labels, tol):
     return g_ours
 
 
+def prompted_zero_shot_logits(model, tokenizer, template: str, prompts, images):
+    """The zero-shot classifier's logits with ``prompts`` installed in the image tower (removed after), and
+    the class weights they were made with."""
+    weights = zero_shot_weights(model, tokenizer, template)
+    clf = ClipClassifier(model, ZeroShotHead(weights, float(model.logit_scale.exp())))
+    prompts.install(model.visual)
+    try:
+        return clf(images), weights
+    finally:
+        prompts.uninstall(model.visual)
+
+
 # -- VPT-deep ---------------------------------------------------------------------------------------
 def test_vpt_deep_matches_the_upt_release_per_layer_replacement(clip):
     model, tokenizer, size = clip
@@ -150,14 +162,8 @@ def test_vpt_deep_matches_the_upt_release_per_layer_replacement(clip):
     flat = (torch.randn(4 * layers, width, generator=torch.Generator().manual_seed(1)) * 0.5).requires_grad_()
     prompts = DeepPrompts(layers, 4, width, torch.Generator())
     prompts.tokens = torch.nn.Parameter(flat.reshape(4, layers, width).permute(1, 0, 2).detach().clone())
-    weights = zero_shot_weights(model, tokenizer, "a photo of a {}.")
-    clf = ClipClassifier(model, ZeroShotHead(weights, float(model.logit_scale.exp())))
     images, labels = images_and_labels(size)
-    prompts.install(visual)
-    try:
-        ours = clf(images)
-    finally:
-        prompts.uninstall(visual)
+    ours, weights = prompted_zero_shot_logits(model, tokenizer, "a photo of a {}.", prompts, images)
     assert not hasattr(visual, "prompts")
     # the official computation, on the plain tower (hooks removed)
     official = float(model.logit_scale.exp()) * F.normalize(vpt_deep_upt_release(visual, images, flat), dim=-1) @ weights.t()
@@ -201,14 +207,8 @@ def test_vpt_deep_maple_variant_matches_maples_vpt(clip):
     layers, width = len(visual.transformer.resblocks), visual.class_embedding.shape[0]
     prompts = DeepPrompts(layers, 8, width, torch.Generator().manual_seed(2), init_std=0.5, position="end",
                           through_ln_pre=True)
-    weights = zero_shot_weights(model, tokenizer, cfg.text_template)
-    clf = ClipClassifier(model, ZeroShotHead(weights, float(model.logit_scale.exp())))
     images, labels = images_and_labels(size)
-    prompts.install(visual)
-    try:
-        ours = clf(images)
-    finally:
-        prompts.uninstall(visual)
+    ours, weights = prompted_zero_shot_logits(model, tokenizer, cfg.text_template, prompts, images)
     official = float(model.logit_scale.exp()) * F.normalize(vpt_maple(visual, images, prompts.tokens), dim=-1) @ weights.t()
     assert_same_step(ours, official, [prompts.tokens], labels, 2e-4)
 
