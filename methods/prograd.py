@@ -108,9 +108,10 @@ def losses(logits: torch.Tensor, zero_shot: torch.Tensor, labels: torch.Tensor, 
 
 
 def projected_step(optimizer: torch.optim.Optimizer, params: list[torch.Tensor], xe: torch.Tensor,
-                   kl: torch.Tensor, grad_lambda: float, scaler=None) -> float:
+                   kl: torch.Tensor, grad_lambda: float, scaler=None) -> torch.Tensor:
     """One ProGrad update: each parameter's ``xe`` gradient, projected off its ``kl`` gradient where they
-    conflict, is the gradient the optimizer steps on (through ``scaler`` when given); returns ``xe``."""
+    conflict, is the gradient the optimizer steps on (through ``scaler`` when given); returns ``xe``, detached
+    (read once per epoch, as ``optimizer_step``'s losses)."""
     scaled = scaler.scale if scaler is not None else (lambda loss: loss)
     g_kl = torch.autograd.grad(scaled(kl), params, retain_graph=True)
     g_ce = torch.autograd.grad(scaled(xe), params)
@@ -121,7 +122,7 @@ def projected_step(optimizer: torch.optim.Optimizer, params: list[torch.Tensor],
         scaler.update()
     else:
         optimizer.step()
-    return float(xe.detach())
+    return xe.detach()
 
 
 class ProGrad(Method):
