@@ -70,7 +70,7 @@ def run_inprocess(args: list[str], log=print) -> float:
     """
     import torch
 
-    from bench.execute import execute_trial
+    from bench.trial import execute_trial
     from bench.plan import parse_int_list, parse_sets, plan_trials
     from bench.results import RunFolder
     from bench.suite import load_suite

@@ -1,12 +1,12 @@
 """Ray Tune scheduling: one function trial per TrialSpec; in the terminal the overall bar and the running
 trials with their latest progress message (harness.live_view).
 
-The trainable writes its own Parquet row (harness.execute), so results never depend on Tune's state;
+The trainable writes its own Parquet row (bench.trial), so results never depend on Tune's state;
 Tune's files live under ``<run>/tune`` for debugging only.
 
 On a cluster a trial whose process or node dies (a lost worker node, an out-of-memory kill) is
 rescheduled by Tune on any node with room, up to ``MAX_RETRIES`` times; after that it becomes an error
-row and the run exits non-zero. Local paths in the specs are made absolute before they are shipped, so
+row and the run exits non-zero. Local paths in the specs are absolute (planning makes them so), so
 every node reads the same data and writes to the same results path.
 
 While a trial runs, the messages its method sends (``ctx.progress``) go to the trial's ``log.txt`` and, at
@@ -16,7 +16,6 @@ marked ``final``.
 """
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import logging
 import os
@@ -49,7 +48,7 @@ def _trainable(config: dict[str, Any], progress_every_s: float = PROGRESS_EVERY_
     import torch
     from ray import tune
 
-    from .execute import execute_trial
+    from .trial import execute_trial
     from .tune import epoch_reporter
 
     torch.set_num_threads(max(1, int(config["cpus"])))
@@ -98,15 +97,6 @@ def _this_node() -> dict[str, str]:
     import ray
 
     return {"node_id": ray.get_runtime_context().get_node_id(), "node_ip": ray.util.get_node_ip_address()}
-
-
-def _absolute_paths(spec: TrialSpec) -> TrialSpec:
-    """Local paths resolved on the driver: a worker on another node has another working directory."""
-    def absolute(path: str | None) -> str | None:
-        return path if path is None or "://" in path else str(Path(path).expanduser().resolve())
-
-    return dataclasses.replace(spec, results=absolute(spec.results), data_root=absolute(spec.data_root),
-                               cache_dir=absolute(spec.cache_dir))
 
 
 def _prepare_env(address: str | None) -> None:
@@ -240,7 +230,6 @@ def run_with_ray(specs: list[TrialSpec], *, address: str | None = None, cpus_per
     console = console or Console(stderr=True)
     if not specs:
         return {"ok": 0, "error": 0, "lost": 0}
-    specs = [_absolute_paths(s) for s in specs]
     folder = RunFolder(specs[0].results, specs[0].run)
     _init_ray(address)
     tune_log = logging.getLogger("ray.tune.execution.tune_controller")

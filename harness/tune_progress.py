@@ -54,7 +54,7 @@ class ProgressCallback(tune.Callback):
         folder = self._folder(spec)
         try:
             if trial_id not in folder.done_ids():
-                from .execute import error_row
+                from .rows import error_row
 
                 folder.write_row(error_row(spec, message, where))
         except RowWriteError as err:

@@ -24,7 +24,8 @@ from bench.report import accuracy_tables, table_rows
 from bench.results import RunFolder
 from bench.spec import TrialSpec
 from bench.suite import load_suite
-from bench.trial import run_trial, spec_fields
+from bench.trial import run_trial
+from bench.rows import spec_fields
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST_MASK = {"mask": {"steps": "2", "batch_size": "8"}}

@@ -10,7 +10,7 @@ import pytest
 
 from bench.cli import main
 from bench.data.catalog import load_fewshot
-from bench.execute import execute_trial
+from bench.trial import execute_trial
 from bench.fingerprint import fingerprinted
 from bench.intervals import PredictionScores, bootstrap, gain_intervals, paired_gain, replicates
 from bench.report import accuracy_tables, gain_rows, load_rows

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from bench.errors import BenchError
-from bench.execute import execute_trial
+from bench.trial import execute_trial
 from bench.plan import parse_sets, plan_trials
 from bench.registry import canonical_stack, define_variants, get_method, parse_stack
 from bench.results import RunFolder
