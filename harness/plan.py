@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 from pathlib import Path
 from typing import Any
 
@@ -147,3 +148,14 @@ def choose_weights(suite: Suite, model: str | None, pretrained: str | None) -> t
 
         pretrained = default_pretrained(model)
     return model, pretrained
+
+
+def default_run_name(suite: Suite, datasets: list[str] | None) -> str:
+    """The suite's name; with own data (a path in --datasets) the data's names instead, so that other data
+    never lands in a suite's run and breaks its table."""
+    from .data.catalog import datasets as registered
+
+    own = [get_dataset(canonical_entry(d)).name for d in datasets or [] if d not in registered()]
+    if not own:
+        return suite.name
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", "-".join(dict.fromkeys(own)))  # the run's first line names it

@@ -20,7 +20,7 @@ from bench.cli import main
 from bench.data.synthetic import SPECS, _build, content_digest, manifest, materialize
 from bench.fingerprint import fingerprinted
 from bench.plan import plan_trials
-from bench.report import accuracy_tables, table_rows
+from bench.report.tables import accuracy_tables, table_rows
 from bench.results import RunFolder
 from bench.spec import TrialSpec
 from bench.suite import load_suite

@@ -139,7 +139,7 @@ def test_every_stack_records_its_throughput_and_the_option_turns_it_off(tmp_path
 def test_the_speed_figure_plots_accuracy_against_throughput():
     import pandas as pd
 
-    from bench.figures import report_figures, speed_points
+    from bench.report.figures import report_figures, speed_points
 
     rows = pd.DataFrame([
         {"stack": s, "label": s, "dataset": d, "shots": 16, "seed": 1, "status": "ok", "top1": acc + i,

@@ -15,7 +15,7 @@ from bench.trial import execute_trial
 from bench.plan import plan_trials
 from bench.plugin import Search
 from bench.registry import get_method
-from bench.report import gain_rows, protocol_tables, selection_groups, table_rows
+from bench.report.tables import gain_rows, protocol_tables, selection_groups, table_rows
 from bench.results import RunFolder
 from bench.selection import SealedSplit, sealed_test
 from bench.spec import TrialSpec

@@ -106,7 +106,7 @@ def run_suite(suite: Suite, tmp_path, run: str, data_root=None, **plan) -> pd.Da
 
 
 def test_variants_run_stack_and_report_under_their_names(tmp_path, fixture_root):
-    from bench.report import accuracy_tables, gain_rows, table_rows
+    from bench.report.tables import accuracy_tables, gain_rows, table_rows
 
     suite = Suite(name="t", description="", datasets=["fixture"], shots=[2], seeds=[1],
                   methods=["zeroshot", "coop", "mask", "amt", "amt+coop"], pretrained="none", device="cpu",

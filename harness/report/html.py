@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import __version__
+from .. import __version__
 from .figures import png_bytes
 from .intervals import label_column
 
@@ -71,8 +71,8 @@ def _figure(name: str, fig) -> str:
 def non_default_settings(rows: pd.DataFrame) -> dict[str, list[str]]:
     """Row label -> ``method.key=value`` for every setting that differs from the method's default for
     that dataset and shot count (all settings when the method is no longer installed)."""
-    from .plugin import config_dict
-    from .registry import get_method
+    from ..plugin import config_dict
+    from ..registry import get_method
 
     key = label_column(rows)
     out: dict[str, dict[str, None]] = {}

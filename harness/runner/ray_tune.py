@@ -16,9 +16,11 @@ marked ``final``.
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import logging
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -26,10 +28,10 @@ from typing import Any
 
 from rich.console import Console
 
-from .errors import BenchError
+from ..errors import BenchError
+from ..results import RowWriteError, RunFolder
+from ..spec import TrialSpec
 from .live_view import RunProgress
-from .results import RowWriteError, RunFolder
-from .spec import TrialSpec
 
 MAX_RETRIES = 2  # restarts of a trial whose process or node died, before it is recorded as lost
 PROGRESS_EVERY_S = 1.0  # default of $BENCH_PROGRESS_EVERY_S
@@ -48,8 +50,8 @@ def _trainable(config: dict[str, Any], progress_every_s: float = PROGRESS_EVERY_
     import torch
     from ray import tune
 
-    from .trial import execute_trial
-    from .tune import epoch_reporter
+    from ..trial import execute_trial
+    from ..tune import epoch_reporter
 
     torch.set_num_threads(max(1, int(config["cpus"])))
     where = _this_node()
@@ -241,13 +243,13 @@ def run_with_ray(specs: list[TrialSpec], *, address: str | None = None, cpus_per
     with RunProgress(console) as bar:
         task = bar.add_task(f"run {folder.run}", total=len(specs), failed=0)
 
-        from .tune_progress import ProgressCallback
+        from .ray_callbacks import ProgressCallback
 
         callback = ProgressCallback(bar, task, folder, counts)
         storage = Path(folder.root) / "tune" if folder.is_local else Path.home() / "ray_results" / "bench"
         fn = tune.with_resources(tune.with_parameters(_trainable, progress_every_s=_progress_every_s()),
                                  {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
-        from .stage_order import StageAwareSearcher
+        from .ray_callbacks import StageAwareSearcher
 
         tuner = tune.Tuner(
             fn,
@@ -263,3 +265,33 @@ def run_with_ray(specs: list[TrialSpec], *, address: str | None = None, cpus_per
         tuner.fit()
     callback.raise_problems()
     return counts
+
+
+@dataclasses.dataclass
+class RayExecutor:
+    """Ray Tune: each trial a Tune trial holding its CPUs and GPUs, on this machine's node or the cluster at
+    ``address`` (bench.runner.Executor)."""
+
+    address: str | None = None
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    max_concurrent: int | None = None
+    console: Console | None = None
+
+    def __call__(self, specs: list[TrialSpec], *, scheduler=None, callbacks=()) -> dict[str, int]:
+        return run_with_ray(specs, address=self.address, cpus_per_trial=self.cpus_per_trial,
+                            gpus_per_trial=self.gpus_per_trial, max_concurrent=self.max_concurrent,
+                            console=self.console, scheduler=scheduler, callbacks=callbacks)
+
+
+def exit_now(code: int) -> None:
+    """End the process without the interpreter's teardown, which with torch and Ray loaded takes seconds
+    and does nothing for the results: every row is written and closed by now, and Ray is stopped first."""
+    stop_ray()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except OSError:  # e.g. a pipe its reader closed
+            pass
+    os._exit(code)
