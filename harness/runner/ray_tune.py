@@ -16,11 +16,13 @@ marked ``final``.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import logging
 import os
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -209,6 +211,58 @@ def _init_ray(address: str | None) -> None:
         _start_local()
 
 
+@contextlib.contextmanager
+def _ray_output_to(path: Path, console: Console):
+    """While Tune runs, what Ray's processes write straight to this process's stderr (state dumps when a node
+    dies, warnings) goes to ``path``; bench's view and messages keep the terminal."""
+    if console.file is not sys.__stderr__ or sys.__stderr__ is None:  # a console of its own (tests, pipes)
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    terminal = os.fdopen(os.dup(saved), "w", buffering=1)
+    with open(path, "a") as log:
+        os.dup2(log.fileno(), 2)
+        console.file = terminal
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            console.file = None  # back to the process's stderr
+            terminal.close()
+
+
+def _node_stopped(log: Path) -> str:
+    return f"the local Ray node stopped; run the same command again (finished trials are kept; Ray's messages: {log})"
+
+
+@contextlib.contextmanager
+def _watch_local_node(address: str | None, console: Console, log: Path):
+    """When the Ray node this process started stops (its raylet killed, out of memory), Ray's core worker ends
+    this process within seconds, with nothing said. A watcher says it first, in one line, and ends the
+    process itself: every row written so far is complete (rows are written atomically) and a rerun resumes."""
+    from .ray_callbacks import local_node_stopped
+
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(0.5):
+            if local_node_stopped(address):
+                console.print(f"[bold red]error:[/] {_node_stopped(log)}", highlight=False, soft_wrap=True)
+                console.file.flush()
+                os._exit(1)
+
+    if address is None:
+        threading.Thread(target=watch, name="bench-node-watch", daemon=True).start()
+    try:
+        yield
+    finally:
+        done.set()
+
+
 class _DropTrialTaskFailures(logging.Filter):
     """Tune logs the driver-side traceback of every dead trial process, which says nothing about the
     trial; bench prints one line per reschedule instead, and the error row says what happened.
@@ -243,7 +297,7 @@ def run_with_ray(specs: list[TrialSpec], *, address: str | None = None, cpus_per
     with RunProgress(console) as bar:
         task = bar.add_task(f"run {folder.run}", total=len(specs), failed=0)
 
-        from .ray_callbacks import ProgressCallback
+        from .ray_callbacks import ProgressCallback, local_node_stopped
 
         callback = ProgressCallback(bar, task, folder, counts)
         storage = Path(folder.root) / "tune" if folder.is_local else Path.home() / "ray_results" / "bench"
@@ -262,7 +316,15 @@ def run_with_ray(specs: list[TrialSpec], *, address: str | None = None, cpus_per
                                       callbacks=[callback, *callbacks],
                                       failure_config=tune.FailureConfig(max_failures=MAX_RETRIES)),
         )
-        tuner.fit()
+        log = Path(folder.root) / "ray.log" if folder.is_local else Path(tempfile.gettempdir()) / "bench-ray.log"
+        with _ray_output_to(log, console), _watch_local_node(address, console, log):
+            try:
+                tuner.fit()
+            except Exception:
+                if not local_node_stopped(address):
+                    raise
+            if local_node_stopped(address):
+                raise BenchError(_node_stopped(log))
     callback.raise_problems()
     return counts
 
