@@ -69,7 +69,7 @@ def _canonical(stack: str) -> str:
         return stack
 
 
-def _settings(row) -> dict:
+def row_settings(row) -> dict:
     """A row's non-default settings; for rows written before the column existed, from ``hparams``."""
     if isinstance(row.settings, str) and row.settings:
         return json.loads(row.settings)
@@ -96,7 +96,7 @@ def _variant(row, stack: str) -> dict[str, str]:
     weights and precision."""
     several = "+" in stack
     chosen = json.loads(row.tuned) if isinstance(getattr(row, "tuned", None), str) else {}
-    out = {(f"{m}.{k}" if several else k): _value(v) for m, kv in _settings(row).items() for k, v in kv.items()
+    out = {(f"{m}.{k}" if several else k): _value(v) for m, kv in row_settings(row).items() for k, v in kv.items()
            if f"{m}.{k}" not in chosen}
     out["model"] = str(row.model)
     out["weights"] = str(row.pretrained)
@@ -355,7 +355,7 @@ def paper_comparisons(rows: pd.DataFrame, mean: pd.DataFrame, shots: int, metric
     for label in mean.index:
         mine = ok[ok["label"] == label]
         first = mine.iloc[0]
-        stacks[label], settings[label] = first["stack"], _settings(first)
+        stacks[label], settings[label] = first["stack"], row_settings(first)
         models = {normalise_backbone(str(m)) for m in mine["model"]}
         weights = {w if isinstance(w, str) and w else "unknown" for w in mine["pretrained"]}
         if weights != {"openai"}:
