@@ -431,11 +431,13 @@ def list_(what: Kind = typer.Argument(..., help="methods, suites, datasets or mo
             table.add_row(name, f"[red]failed to load: {why}[/]", "-", "-", "-")
         table.caption = "any image folder or .csv/.jsonl list is a dataset too: pass its path (docs/datasets.md)"
     else:
-        from .models import MODELS
+        from .models import MODELS, models
 
         table = Table("model", "description", "default --pretrained")
-        for m in MODELS.values():
+        for m in models().values():
             table.add_row(m.name, m.description, m.default_pretrained)
+        for name, why in MODELS.broken().items():
+            table.add_row(name, f"[red]failed to load: {escape(why)}[/]", "-")
         table.caption = "any other open_clip model name works as well (open_clip.list_models())"
     out.print(table)
 

@@ -50,7 +50,7 @@ def load_suite(name_or_path: str) -> Suite:
     if not (path.suffix == ".toml" and path.is_file()):
         table = builtin_suites()
         if name_or_path not in table:
-            from .registry import suggest
+            from .units import suggest
 
             raise BenchError(f"unknown suite '{name_or_path}'{suggest(name_or_path, table)}; "
                              "see `bench list suites` or pass a path to a .toml file")
