@@ -35,6 +35,7 @@ class Kind(str, Enum):
     suites = "suites"
     datasets = "datasets"
     models = "models"
+    protocols = "protocols"
 
 
 def _split(text: Optional[str]) -> Optional[list[str]]:
@@ -381,7 +382,7 @@ def _write_figures_and_html(rows, folder, scores, shots, std: bool, plot: Option
 
 
 @app.command("list")
-def list_(what: Kind = typer.Argument(..., help="methods, suites, datasets or models"),
+def list_(what: Kind = typer.Argument(..., help="methods, suites, datasets, models or protocols"),
           name: Optional[str] = typer.Argument(None, help="methods: one method's settings, one per line."),
           suite: Optional[str] = typer.Option(None, help="methods: also list the variants this suite defines.")):
     """What is installed, with one-line descriptions."""
@@ -430,6 +431,15 @@ def list_(what: Kind = typer.Argument(..., help="methods, suites, datasets or mo
         for name, why in broken_dataset_plugins().items():
             table.add_row(name, f"[red]failed to load: {why}[/]", "-", "-", "-")
         table.caption = "any image folder or .csv/.jsonl list is a dataset too: pass its path (docs/datasets.md)"
+    elif what == Kind.protocols:
+        from .protocols import PROTOCOLS, protocols
+
+        table = Table("protocol", "description", "report tables", "source")
+        for name, p in protocols().items():
+            table.add_row(name, p.description, ", ".join(c for c, _ in p.metrics), PROTOCOLS.origin(name))
+        for name, why in PROTOCOLS.broken().items():
+            table.add_row(name, f"[red]failed to load: {escape(why)}[/]", "-", "-")
+        table.caption = "a suite file names its protocol (protocol = \"...\"); plugins add theirs (bench.protocols)"
     else:
         from .models import MODELS, models
 

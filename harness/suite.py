@@ -21,7 +21,7 @@ class Suite:
     methods: list[str]
     model: str = "tiny"
     pretrained: str = "bundled"
-    protocol: str = "fewshot"  # one of bench.protocols.PROTOCOLS
+    protocol: str = "fewshot"  # a registered protocol (`bench list protocols`)
     shift_targets: list[str] = dataclasses.field(default_factory=list)
     set: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # method -> key -> value
     set_per_dataset: dict[str, dict[str, dict[str, Any]]] = dataclasses.field(default_factory=dict)

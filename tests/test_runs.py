@@ -168,6 +168,9 @@ def test_a_protocol_from_a_plugin_package_runs_and_reports_its_own_column(tmp_pa
     for stack in ("zeroshot", "linear_probe"):
         line = next(line for line in table.splitlines() if line.startswith(f"| {stack} |"))
         assert line.split(" | ")[1] == f"{rows.loc[stack, 'worst_class_top1']:.2f}"
+    listed = subprocess.run([sys.executable, "-m", "bench.cli", "list", "protocols"], capture_output=True, text=True,
+                            cwd=ROOT, env={**os.environ, "COLUMNS": "250"})
+    assert listed.returncode == 0 and "worst_class" in listed.stdout and "bench-test-plugins" in listed.stdout
 
 
 def _free_port() -> int:
