@@ -106,9 +106,12 @@ class Registry(Generic[T]):
 
     def missing(self, name: str, choices: Iterable[str], hint: str = "") -> BenchError:
         """The error for a name that is not among ``choices``: a broken plugin's reason, else unknown."""
-        why = self.discover()[2].get(name)
-        if why is not None:
-            return BenchError(f"{self.kind} plugin '{name}' failed to load ({why}); reinstall or fix that package")
+        found, _, broken = self.discover()
+        if name in broken:
+            return BenchError(f"{self.kind} plugin '{name}' failed to load ({broken[name]}); reinstall or fix that "
+                              "package")
+        if not found and not broken:  # not even bench's own: its package metadata predates the group
+            hint = f"no {self.group} entry points are installed: reinstall bench (pip install -e .)"
         return BenchError(f"unknown {self.kind} '{name}'{suggest(name, choices)}" + (f"; {hint}" if hint else ""))
 
     # -- run time ---------------------------------------------------------------------------------------
