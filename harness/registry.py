@@ -1,6 +1,6 @@
-"""Method plugins, discovered through the ``bench.methods`` entry-point group (in-tree ones too), and
-named variants: a method under its own name with settings of its own (``amt`` = ``mask`` with
-``gdr=false``).
+"""Method plugins, discovered through the ``bench.methods`` entry-point group (in-tree ones too; one
+:class:`~bench.units.Registry`, as datasets, protocols and models are), and named variants: a method under
+its own name with settings of its own (``amt`` = ``mask`` with ``gdr=false``).
 
 A variant is a subclass of its base made here, so stacking, parts, export/restore, ``--set amt.lr=...``
 and a row's ``stack`` and ``settings`` follow without special cases: its config defaults are the base's
