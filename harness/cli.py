@@ -28,6 +28,7 @@ class Kind(str, Enum):
     suites = "suites"
     datasets = "datasets"
     models = "models"
+    protocols = "protocols"
 
 
 def _split(text: Optional[str]) -> Optional[list[str]]:
@@ -184,7 +185,7 @@ def report(
 
 
 @app.command("list")
-def list_(what: Kind = typer.Argument(..., help="methods, suites, datasets or models"),
+def list_(what: Kind = typer.Argument(..., help="methods, suites, datasets, models or protocols"),
           name: Optional[str] = typer.Argument(None, help="methods: one method's settings, one per line."),
           suite: Optional[str] = typer.Option(None, help="methods: also list the variants this suite defines.")):
     """What is installed, with one-line descriptions."""
@@ -194,7 +195,8 @@ def list_(what: Kind = typer.Argument(..., help="methods, suites, datasets or mo
         listing.show_method(name)
         return
     out.print({Kind.methods: lambda: listing.methods_table(suite), Kind.suites: listing.suites_table,
-               Kind.datasets: listing.datasets_table, Kind.models: listing.models_table}[what]())
+               Kind.datasets: listing.datasets_table, Kind.protocols: listing.protocols_table,
+               Kind.models: listing.models_table}[what]())
 
 
 @app.command("cache")

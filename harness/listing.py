@@ -75,12 +75,26 @@ def datasets_table() -> Table:
     return table
 
 
+def protocols_table() -> Table:
+    from .protocols import PROTOCOLS, protocols
+
+    table = Table("protocol", "description", "report tables", "source")
+    for name, p in protocols().items():
+        table.add_row(name, p.description, ", ".join(c for c, _ in p.metrics), PROTOCOLS.origin(name))
+    for name, why in PROTOCOLS.broken().items():
+        table.add_row(name, f"[red]failed to load: {escape(why)}[/]", "-", "-")
+    table.caption = "a suite file names its protocol (protocol = \"...\"); plugins add theirs (bench.protocols)"
+    return table
+
+
 def models_table() -> Table:
-    from .models import MODELS
+    from .models import MODELS, models
 
     table = Table("model", "description", "default --pretrained")
-    for m in MODELS.values():
+    for m in models().values():
         table.add_row(m.name, m.description, m.default_pretrained)
+    for name, why in MODELS.broken().items():
+        table.add_row(name, f"[red]failed to load: {escape(why)}[/]", "-")
     table.caption = "any other open_clip model name works as well (open_clip.list_models())"
     return table
 

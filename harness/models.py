@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from .errors import BenchError
+from .units import NotAUnit, Registry
 
 ASSETS = Path(__file__).parent / "assets"
 TINY_WEIGHTS = ASSETS / "tiny.safetensors"
@@ -20,15 +21,27 @@ class ModelInfo:
     default_pretrained: str
 
 
-# The table `bench list models` shows; any other open_clip model name works too.
-MODELS = {
-    "tiny": ModelInfo("tiny", "bench's embedded ViT CLIP (32 px, patch 4), pre-trained on synthetic captions",
-                      "bundled"),
-    "ViT-B-16": ModelInfo("ViT-B-16", "OpenAI CLIP ViT-B/16 (loaded as ViT-B-16-quickgelu for openai weights)",
-                          "openai"),
-    "ViT-B-32": ModelInfo("ViT-B-32", "OpenAI CLIP ViT-B/32 (loaded as ViT-B-32-quickgelu for openai weights)",
-                          "openai"),
-}
+# bench's own table (the `bench.models` entry point `bench`); any other open_clip model name works too.
+BUILTIN_MODELS = (
+    ModelInfo("tiny", "bench's embedded ViT CLIP (32 px, patch 4), pre-trained on synthetic captions", "bundled"),
+    ModelInfo("ViT-B-16", "OpenAI CLIP ViT-B/16 (loaded as ViT-B-16-quickgelu for openai weights)", "openai"),
+    ModelInfo("ViT-B-32", "OpenAI CLIP ViT-B/32 (loaded as ViT-B-32-quickgelu for openai weights)", "openai"),
+)
+
+
+def _accept(name: str, value: str, found) -> list[tuple[str, ModelInfo]]:
+    table = list(found) if isinstance(found, (list, tuple)) else [found]
+    if not table or not all(isinstance(m, ModelInfo) for m in table):
+        raise NotAUnit(f"{value} is not a bench ModelInfo or a list of them")
+    return [(m.name, m) for m in table]
+
+
+MODELS: Registry[ModelInfo] = Registry("bench.models", "model", _accept)
+
+
+def models() -> dict[str, ModelInfo]:
+    """The models `bench list models` shows: those the `bench.models` entry points declare."""
+    return MODELS.items()
 
 # OpenAI weights were trained with QuickGELU; the plain configs use nn.GELU and only warn.
 _QUICKGELU_TAGS = {"openai", "dfn2b"}
@@ -43,7 +56,7 @@ def register_tiny() -> None:
 
 def resolve(model: str, pretrained: str | None) -> tuple[str, str | None]:
     """Map (model, pretrained) to what open_clip is asked for."""
-    pretrained = pretrained or MODELS.get(model, ModelInfo(model, "", "")).default_pretrained or None
+    pretrained = pretrained or (MODELS.find(model) or ModelInfo(model, "", "")).default_pretrained or None
     if model == "tiny" and pretrained in (None, "bundled"):
         return "tiny", str(TINY_WEIGHTS)
     if pretrained in _QUICKGELU_TAGS and not model.endswith("-quickgelu"):
@@ -55,8 +68,8 @@ def default_pretrained(model: str) -> str | None:
     """A model's own default weights: bench's table, else OpenAI's when open_clip has them, else its first tag."""
     import open_clip
 
-    if model in MODELS:
-        return MODELS[model].default_pretrained
+    if MODELS.find(model) is not None:
+        return MODELS.get(model).default_pretrained
     register_tiny()
     tags = open_clip.list_pretrained_tags_by_model(model) if model in open_clip.list_models() else []
     return "openai" if "openai" in tags else (tags[0] if tags else None)
@@ -85,13 +98,11 @@ def _checked(model: str, pretrained: str | None) -> tuple[str, str | None]:
 
     register_tiny()
     if name not in open_clip.list_models():
-        from .registry import suggest
-
         if model in open_clip.list_models():  # e.g. 'openai' asks for a QuickGELU variant the model lacks
             tags = ", ".join(open_clip.list_pretrained_tags_by_model(model)) or "none"
             raise BenchError(f"model '{model}' has no '{pretrained}' weights (no {name} config); pass --pretrained "
                              f"with one of its tags ({tags}), a checkpoint path, or none")
-        raise BenchError(f"unknown model '{model}'{suggest(model, open_clip.list_models())}; see `bench list models`")
+        raise MODELS.missing(model, open_clip.list_models(), "see `bench list models`")
     if weights in (None, "none", "random"):
         return name, None
     if _is_tag(name, weights):

@@ -1,6 +1,6 @@
-"""Method plugins, discovered through the ``bench.methods`` entry-point group (in-tree ones too), and
-named variants: a method under its own name with settings of its own (``amt`` = ``mask`` with
-``gdr=false``).
+"""Method plugins, discovered through the ``bench.methods`` entry-point group (in-tree ones too; one
+:class:`~bench.units.Registry`, as datasets, protocols and models are), and named variants: a method under
+its own name with settings of its own (``amt`` = ``mask`` with ``gdr=false``).
 
 A variant is a subclass of its base made here, so stacking, parts, export/restore, ``--set amt.lr=...``
 and a row's ``stack`` and ``settings`` follow without special cases: its config defaults are the base's
@@ -10,78 +10,56 @@ id). Built-in variants are data on the plugins (``Method.variants``); suite file
 stack needs, so a worker process resolves them too."""
 from __future__ import annotations
 
-import difflib
 import functools
 import json
 import re
-from importlib.metadata import entry_points
-from typing import Iterable
 
 from .errors import BenchError
 from .plugin import Method, Part
+from .units import NotAUnit, Registry
 
-GROUP = "bench.methods"
 _STACK_PART = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
-def suggest(name: str, choices: Iterable[str]) -> str:
-    close = difflib.get_close_matches(name, list(choices), n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+def _accept(name: str, value: str, cls) -> list[tuple[str, type[Method]]]:
+    if not (isinstance(cls, type) and issubclass(cls, Method)) or getattr(cls, "name", None) != name:
+        raise NotAUnit(f"{value} is not a bench.Method subclass named '{name}'")
+    return [(name, cls)]
 
 
-@functools.cache
-def _discover() -> tuple[dict[str, type[Method]], dict[str, str]]:
-    methods: dict[str, type[Method]] = {}
-    broken: dict[str, str] = {}
-    for ep in entry_points(group=GROUP):
-        try:
-            cls = ep.load()
-        except Exception as err:  # a broken third-party plugin must not take bench down
-            broken[ep.name] = f"{type(err).__name__}: {err}"
-            continue
-        if not (isinstance(cls, type) and issubclass(cls, Method)) or getattr(cls, "name", None) != ep.name:
-            broken[ep.name] = f"{ep.value} is not a bench.Method subclass named '{ep.name}'"
-            continue
-        if ep.name in methods and methods[ep.name] is not cls:
-            broken[ep.name] = f"name claimed twice: {methods[ep.name].__module__} and {cls.__module__}"
-            continue
-        methods[ep.name] = cls
-    return methods, broken
+METHODS: Registry[type[Method]] = Registry("bench.methods", "method", _accept)
 
 
 def methods() -> dict[str, type[Method]]:
     """Every method name: the plugins and the variants known to this process."""
-    return {**_discover()[0], **{n: get_method(n) for n in _all_variants()}}
+    return {**METHODS.items(), **{n: get_method(n) for n in _all_variants()}}
 
 
 def cheap_names() -> set[str]:
     """Method names known without importing any plugin (and so torch): the installed plugins' entry-point
     names and the variants defined so far. Built-in variants (``amt``) need the plugins loaded."""
-    return {ep.name for ep in entry_points(group=GROUP)} | set(_defined)
+    return METHODS.entry_names() | set(_defined)
 
 
 def plugins() -> dict[str, type[Method]]:
     """The installed plugins only (no variants)."""
-    return dict(_discover()[0])
+    return METHODS.items()
 
 
 def broken_plugins() -> dict[str, str]:
-    return dict(_discover()[1])
+    return METHODS.broken()
 
 
 def get_method(name: str, variants: dict[str, dict] | None = None) -> type[Method]:
     """A method by name: an installed plugin, a variant from ``variants`` (a spec's own definitions, name ->
     ``{"method": base, **settings}``), or a variant known to this process."""
-    table, broken = _discover()
-    if name in table:
-        return table[name]
+    found = METHODS.find(name)
+    if found is not None:
+        return found
     known = {**_all_variants(), **(variants or {})}
     if name in known:
         return _variant_class(name, _comparable(_needed(name, known)))
-    if name in broken:
-        raise BenchError(f"method plugin '{name}' failed to load ({broken[name]}); reinstall or fix that package")
-    raise BenchError(f"unknown method '{name}'{suggest(name, [*table, *known])}; "
-                     "see `bench list methods`")
+    raise METHODS.missing(name, [*METHODS.items(), *known], "see `bench list methods`")
 
 
 # -- named variants ------------------------------------------------------------------------------
@@ -90,7 +68,7 @@ _defined: dict[str, dict] = {}  # variants from suite files and specs: name -> {
 
 def _builtin_variants() -> dict[str, dict]:
     out = {}
-    for base in _discover()[0].values():
+    for base in METHODS.items().values():
         for name, settings in getattr(base, "variants", {}).items():
             out[name] = {"method": base.name, **settings}
     return out
@@ -114,7 +92,7 @@ def define_variants(table: dict[str, dict], where: str = "") -> None:
         if not _STACK_PART.match(name):
             raise BenchError(f"{prefix}bad variant name '{name}': use lower-case letters, digits and '_', "
                              "starting with a letter")
-        if name in _discover()[0]:
+        if name in METHODS.items():
             raise BenchError(f"{prefix}variant '{name}' has the name of an installed method; choose another name")
         known = _all_variants().get(name)
         if known is not None and _same(known, definition):

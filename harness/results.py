@@ -47,7 +47,7 @@ BASE_SCHEMA = pa.schema([
     ("hparams", pa.string()), ("settings", pa.string()),
     ("status", pa.string()), ("error", pa.string()),
     ("top1", pa.float64()), ("val_top1", pa.float64()),
-    ("top1_new", pa.float64()), ("hm", pa.float64()),  # base-to-new protocol only
+    # here: the columns protocols declare (Protocol.row_fields), see schema()
     ("n_train", pa.int64()), ("n_test", pa.int64()), ("trainable_params", pa.int64()),
     ("fit_seconds", pa.float64()), ("eval_seconds", pa.float64()), ("peak_mem_mb", pa.float64()),
     # test-time speed of the final classifier (bench.trial.measure_throughput); device in `device`
@@ -67,13 +67,22 @@ BASE_SCHEMA = pa.schema([
 ])
 
 
+_PROTOCOL_COLUMNS_AFTER = "val_top1"  # the engine's scores, then the protocols' own
+
+
 def schema() -> pa.Schema:
-    """The row schema: the engine's columns, then the numeric row fields installed methods declare
+    """The row schema: the engine's columns with the numeric columns installed protocols declare after its
+    scores (``Protocol.row_fields``), then the numeric row fields installed methods declare
     (``Method.row_fields``, e.g. a sparsity)."""
+    from .protocols import row_fields
     from .registry import methods
 
-    declared = sorted({f for m in methods().values() for f in m.row_fields} - set(BASE_SCHEMA.names))
-    return pa.schema([*BASE_SCHEMA, *((f, pa.float64()) for f in declared)])
+    at = BASE_SCHEMA.get_field_index(_PROTOCOL_COLUMNS_AFTER) + 1
+    engine = list(BASE_SCHEMA)
+    by_protocols = [f for f in row_fields() if f not in BASE_SCHEMA.names]
+    declared = sorted({f for m in methods().values() for f in m.row_fields} - set(BASE_SCHEMA.names) - set(by_protocols))
+    return pa.schema([*engine[:at], *((f, pa.float64()) for f in by_protocols), *engine[at:],
+                      *((f, pa.float64()) for f in declared)])
 
 
 # A trial's test predictions (bench.trial.Predictions): per image of each evaluated set, in split order.

@@ -21,7 +21,7 @@ class Suite:
     methods: list[str]
     model: str = "tiny"
     pretrained: str = "bundled"
-    protocol: str = "fewshot"  # one of bench.protocols.PROTOCOLS
+    protocol: str = "fewshot"  # a registered protocol (`bench list protocols`)
     shift_targets: list[str] = dataclasses.field(default_factory=list)
     set: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # method -> key -> value
     set_per_dataset: dict[str, dict[str, dict[str, Any]]] = dataclasses.field(default_factory=dict)
@@ -50,7 +50,7 @@ def load_suite(name_or_path: str) -> Suite:
     if not (path.suffix == ".toml" and path.is_file()):
         table = builtin_suites()
         if name_or_path not in table:
-            from .registry import suggest
+            from .units import suggest
 
             raise BenchError(f"unknown suite '{name_or_path}'{suggest(name_or_path, table)}; "
                              "see `bench list suites` or pass a path to a .toml file")

@@ -126,7 +126,8 @@ def test_report_on_a_run_without_rows(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("kind, expect", [("methods", "zeroshot"), ("suites", "synthetic"),
-                                          ("datasets", "syn_colour"), ("models", "tiny")])
+                                          ("datasets", "syn_colour"), ("models", "tiny"),
+                                          ("protocols", "base2new")])
 def test_list(kind, expect, capsys):
     assert main(["list", kind]) == 0
     assert expect in capsys.readouterr().out

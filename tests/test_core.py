@@ -7,7 +7,7 @@ import pytest
 
 from bench import BenchError, Method, Part
 from bench.plan import check_names, parse_int_list, parse_sets, plan_trials
-from bench.registry import canonical_stack, get_method, methods, parse_stack
+from bench.registry import METHODS, canonical_stack, get_method, methods, parse_stack
 from bench.fingerprint import fingerprinted
 from bench.spec import TrialSpec
 from bench.suite import Suite, load_suite
@@ -78,7 +78,7 @@ def test_two_methods_claiming_the_same_part_are_rejected(monkeypatch):
         name, description, changes = "enc", "e", frozenset({Part.IMAGE_WEIGHTS})
 
     table = {"head_a": HeadA, "prompt_head": PromptHead, "tokens": Tokens, "enc": Enc}
-    monkeypatch.setattr("bench.registry._discover", lambda: (table, {}))
+    monkeypatch.setattr(METHODS, "_found", (table, {n: "test" for n in table}, {}))
     with pytest.raises(BenchError, match="'head_a' and 'prompt_head' .* both change the head;"):
         parse_stack("head_a+prompt_head")
     assert [m.name for m in parse_stack("head_a+enc")] == ["enc", "head_a"]  # training order
@@ -139,6 +139,6 @@ def test_unknown_suite_suggests_the_closest(tmp_path):
 
 
 def test_get_method_reports_a_broken_plugin(monkeypatch):
-    monkeypatch.setattr("bench.registry._discover", lambda: ({}, {"broken": "ImportError: x"}))
+    monkeypatch.setattr(METHODS, "_found", ({}, {}, {"broken": "ImportError: x"}))
     with pytest.raises(BenchError, match="method plugin 'broken' failed to load"):
         get_method("broken")

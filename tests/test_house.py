@@ -1,17 +1,24 @@
-"""The house rules: the engine's modules import each other without a cycle and name no method, and every
-registered method keeps the plugin contract (checked for all of them, as timm checks every model)."""
+"""The house rules: the engine's modules import each other without a cycle (imports inside functions
+counted) and name no method, and every registered method, dataset and protocol keeps its plugin contract
+(checked for all of them, as timm checks every model)."""
 from __future__ import annotations
 
 import ast
 import dataclasses
+import re
 import typing
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from bench import BenchError, Method, Part
+from bench.data.catalog import dataset_origin, datasets, get_dataset
+from bench.data.dataset import DatasetDef, check_template
 from bench.plugin import Range, config_dict
+from bench.protocols import DEFAULT, Protocol, get_protocol, infer_protocol, protocols
 from bench.registry import canonical_stack, methods
+from bench.results import schema
 
 HARNESS = Path(__file__).resolve().parents[1] / "harness"
 
@@ -22,12 +29,23 @@ def module_name(path: Path) -> str:
     return ".".join(["bench", *parts])
 
 
-def module_level_imports(path: Path) -> set[str]:
-    """The bench modules a module imports when it is loaded (imports inside functions are deferred)."""
+def _type_checking_only(tree: ast.Module) -> set[int]:
+    """The import nodes under ``if TYPE_CHECKING:`` (never run)."""
+    return {id(n) for block in ast.walk(tree) if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test)
+            for stmt in block.body for n in ast.walk(stmt)}
+
+
+def bench_imports(path: Path) -> set[str]:
+    """The bench modules a module imports: when it is loaded and inside its functions (a deferred import
+    still ties the two modules together: a cycle through one is a cycle)."""
     me = module_name(path)
     package = me if path.name == "__init__.py" else me.rsplit(".", 1)[0]
     out = set()
-    for node in ast.parse(path.read_text()).body:
+    tree = ast.parse(path.read_text())
+    skipped = _type_checking_only(tree)
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
         if isinstance(node, ast.ImportFrom):
             base = package.split(".")
             if node.level:
@@ -45,7 +63,7 @@ def module_level_imports(path: Path) -> set[str]:
 
 def test_harness_modules_import_each_other_without_a_cycle():
     files = {module_name(p): p for p in HARNESS.rglob("*.py")}
-    graph = {m: {t for t in module_level_imports(p) if t in files and t != m} for m, p in files.items()}
+    graph = {m: {t for t in bench_imports(p) if t in files and t != m} for m, p in files.items()}
     # a package's __init__ is loaded before its modules: importing bench.x implies bench
     state: dict[str, int] = {}
 
@@ -77,8 +95,6 @@ def string_constants(path: Path) -> list[str]:
 
 def test_the_engine_names_no_method():
     """Docstrings, comments and the examples of help and error texts ("e.g. coop+mask") aside."""
-    import re
-
     names = set(methods())
     found = []
     for path in HARNESS.rglob("*.py"):
@@ -134,6 +150,77 @@ def test_canonical_spelling_is_one_per_stack():
     for e in encoder:
         for h in heads:
             assert canonical_stack(f"{e}+{h}") == canonical_stack(f"{h}+{e}") == f"{h}+{e}"
+
+
+# -- the dataset contract, for every registered dataset ------------------------------------------------
+@pytest.fixture(params=sorted(datasets()))
+def dataset(request) -> DatasetDef:
+    return datasets()[request.param]
+
+
+def test_a_dataset_declares_what_the_engine_needs(dataset):
+    assert isinstance(dataset, DatasetDef) and re.fullmatch(r"[a-z][a-z0-9_]*", dataset.name)
+    assert get_dataset(dataset.name) is dataset and dataset_origin(dataset.name)
+    assert isinstance(dataset.title, str) and dataset.title.strip() and "\n" not in dataset.title
+    assert isinstance(dataset.where(), str) and dataset.where()
+    assert dataset.templates and all(check_template(t, dataset.name) for t in dataset.templates)
+    assert dataset.template in dataset.templates
+
+
+def test_a_dataset_without_its_files_says_so_in_one_line(dataset):
+    """(Datasets that make their own files have none to miss.)"""
+    if dataset.needs_data_root:
+        got = dataset.check(None)
+        assert got.status == "missing" and "--data-root" in got.message and "\n" not in got.message
+
+
+# -- the protocol contract, for every registered protocol ----------------------------------------------
+@pytest.fixture(params=sorted(protocols()))
+def protocol(request) -> Protocol:
+    return protocols()[request.param]
+
+
+def test_a_protocol_declares_its_columns_metrics_and_eval_sets(protocol):
+    assert isinstance(protocol, Protocol) and get_protocol(protocol.name) is protocol
+    assert isinstance(protocol.description, str) and protocol.description
+    columns = set(schema().names)
+    assert isinstance(protocol.row_fields, tuple) and set(protocol.row_fields) <= columns
+    assert protocol.metrics and all(isinstance(c, str) and isinstance(caption, str) and caption
+                                    for c, caption in protocol.metrics)
+    metrics = [c for c, _ in protocol.metrics]
+    assert set(metrics) <= columns and len(set(metrics)) == len(metrics)
+    assert set(protocol.row_fields) <= set(metrics)  # every column of its own is shown
+    assert set(protocol.eval_sets) <= set(metrics)
+    assert all(s is None or isinstance(s, str) for s in protocol.eval_sets.values())
+
+
+def test_a_plain_row_is_recognised_by_no_protocol(protocol):
+    """A row written before rows carried their protocol, holding nothing of any protocol's own, is a
+    few-shot row: no protocol claims it."""
+    row = pd.Series({c: None for c in schema().names}).to_frame().T.assign(
+        top1=50.0, extras="{}", protocol=None).astype({"top1": float})
+    plain = next(row.itertuples(index=False))
+    assert not protocol.recognises(plain)
+    assert infer_protocol(plain) == DEFAULT
+
+
+def test_a_protocols_table_rule_gives_tables_of_the_plain_shape(protocol):
+    """``Protocol.tables`` gives None or {shots: (mean, std)} with the labels and datasets of the plain table."""
+    rows = pd.DataFrame([{"label": s, "stack": s, "dataset": d, "shots": 2, "seed": seed, "suite": None,
+                          "protocol": protocol.name,
+                          **{m: 40.0 + seed + i for i, (m, _) in enumerate(protocol.metrics)}}
+                         for s in ("a", "b") for d in ("x", "y") for seed in (1, 2)])
+    from bench.report.tables import accuracy_tables
+
+    for metric, _ in protocol.metrics:
+        plain = accuracy_tables(rows, None, metric if metric in rows else "top1")
+        got = protocol.tables(rows, None, metric, accuracy_tables)
+        if got is None:
+            continue
+        assert set(got) == set(plain) == {2}
+        mean, std = got[2]
+        assert list(mean.index) == list(plain[2][0].index) and list(mean.columns) == list(plain[2][0].columns)
+        assert std.shape == mean.shape
 
 
 # -- one trial, resolved once and read once -----------------------------------------------------------

@@ -169,6 +169,32 @@ def test_a_broken_plugin_is_listed_not_fatal(misbehaving_plugins):
     assert out.returncode == 0 and "broken" in out.stdout and "failed to load" in out.stdout
 
 
+def test_a_protocol_from_a_plugin_package_runs_and_reports_its_own_column(tmp_path, misbehaving_plugins):
+    """bench-test-plugins' ``worst_class`` protocol (entry point bench.protocols) adds a row column of its own,
+    filled by the run and shown by `bench report` as a table of its own."""
+    import pandas as pd
+
+    suite = tmp_path / "worst.toml"
+    suite.write_text('description = "a protocol from a plugin"\nprotocol = "worst_class"\ndatasets = ["syn_colour"]\n'
+                     'shots = [2]\nseeds = [1]\nmethods = ["zeroshot", "linear_probe"]\n')
+    code, _, err = bench("run", "--suite", str(suite), "--run", "worst", *BASE, results=tmp_path)
+    assert code == 0, err
+    # read the row files here as written: this process was started before the plugin was installed
+    rows = pd.concat([pd.read_parquet(p) for p in trial_files(tmp_path, "worst")]).set_index("stack")
+    assert set(rows.protocol) == {"worst_class"} and set(rows.status) == {"ok"}
+    assert rows.worst_class_top1.between(0, 100).all() and (rows.worst_class_top1 <= rows.top1).all()
+    code, out, err = bench("report", "--run", "worst", "--format", "markdown", results=tmp_path)
+    assert code == 0, err
+    assert "### 2-shot top-1 (%), mean over seeds" in out
+    table = out.split("### 2-shot worst-class top-1 (%), mean over seeds")[1]
+    for stack in ("zeroshot", "linear_probe"):
+        line = next(line for line in table.splitlines() if line.startswith(f"| {stack} |"))
+        assert line.split(" | ")[1] == f"{rows.loc[stack, 'worst_class_top1']:.2f}"
+    listed = subprocess.run([sys.executable, "-m", "bench.cli", "list", "protocols"], capture_output=True, text=True,
+                            cwd=ROOT, env={**os.environ, "COLUMNS": "250"})
+    assert listed.returncode == 0 and "worst_class" in listed.stdout and "bench-test-plugins" in listed.stdout
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

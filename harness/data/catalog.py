@@ -8,95 +8,59 @@ or the canonical JSON of a suite-file dataset table (see :mod:`bench.data.own`).
 from __future__ import annotations
 
 import dataclasses
-import functools
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
 from ..errors import BenchError
+from ..units import NotAUnit, Registry
+from . import own
 from .dataset import DatasetDef
 from .fewshot import fewshot_split
 
-GROUP = "bench.datasets"
-RUN_TIME = "registered at run time"
+
+def _accept(name: str, value: str, found) -> list[tuple[str, DatasetDef]]:
+    table = list(found) if isinstance(found, (list, tuple)) else [found]
+    if not table or not all(isinstance(ds, DatasetDef) for ds in table):
+        raise NotAUnit(f"{value} is not a bench DatasetDef or a list of them")
+    if not isinstance(found, (list, tuple)) and found.name != name:
+        raise NotAUnit(f"{value} is the dataset '{found.name}', not '{name}'")
+    return [(ds.name, ds) for ds in table]
 
 
-@functools.cache
-def _discover() -> tuple[dict[str, DatasetDef], dict[str, str], dict[str, str]]:
-    """(datasets, where each came from, plugins that failed to load with the reason)."""
-    found: dict[str, DatasetDef] = {}
-    origin: dict[str, str] = {}
-    broken: dict[str, str] = {}
-    own_first = sorted(entry_points(group=GROUP), key=lambda ep: ep.dist is None or ep.dist.name != "bench")
-    for ep in own_first:  # bench's own tables first: a plugin never shadows a built-in name
-        package = ep.dist.name if ep.dist is not None else "?"
-        try:
-            value = ep.load()
-        except Exception as err:  # a broken third-party plugin must not take bench down
-            broken[ep.name] = f"{type(err).__name__}: {err}"
-            continue
-        table = list(value) if isinstance(value, (list, tuple)) else [value]
-        if not table or not all(isinstance(ds, DatasetDef) for ds in table):
-            broken[ep.name] = f"{ep.value} is not a bench DatasetDef or a list of them"
-            continue
-        if not isinstance(value, (list, tuple)) and value.name != ep.name:
-            broken[ep.name] = f"{ep.value} is the dataset '{value.name}', not '{ep.name}'"
-            continue
-        for ds in table:
-            if ds.name in found:
-                broken[ds.name] = f"name claimed twice: by {origin[ds.name]} and by {package} ({ep.name})"
-                continue
-            found[ds.name] = ds
-            origin[ds.name] = f"{package} ({ep.name})" if ep.name != ds.name else package
-    return found, origin, broken
-
-
-_RUN_TIME: dict[str, DatasetDef] = {}
+DATASETS: Registry[DatasetDef] = Registry("bench.datasets", "dataset", _accept)
 
 
 def register_dataset(ds: DatasetDef) -> DatasetDef:
-    if ds.name in _RUN_TIME or ds.name in _discover()[0]:
-        raise ValueError(f"dataset '{ds.name}' registered twice")
-    _RUN_TIME[ds.name] = ds
-    return ds
+    return DATASETS.register(ds.name, ds)
 
 
 def datasets() -> dict[str, DatasetDef]:
-    return {**_discover()[0], **_RUN_TIME}
+    return DATASETS.items()
 
 
 def dataset_origin(name: str) -> str:
     """Where a registered dataset came from: the package and entry point, or run-time registration."""
-    return RUN_TIME if name in _RUN_TIME else _discover()[1][name]
+    return DATASETS.origin(name)
 
 
 def broken_dataset_plugins() -> dict[str, str]:
-    return dict(_discover()[2])
+    return DATASETS.broken()
 
 
 def get_dataset(entry: str) -> DatasetDef:
     """A registered dataset by name, or own data: a folder, a .csv/.jsonl list, a suite table's JSON."""
-    table = datasets()
-    if entry in table:
-        return table[entry]
-    from . import own
-
+    found = DATASETS.find(entry)
+    if found is not None:
+        return found
     if own.is_own_entry(entry):
-        return own.own_dataset(entry)
-    broken = _discover()[2]
-    if entry in broken:
-        raise BenchError(f"dataset plugin '{entry}' failed to load ({broken[entry]}); reinstall or fix that package")
-    from ..registry import suggest
-
-    raise BenchError(f"unknown dataset '{entry}'{suggest(entry, table)}; see `bench list datasets`, or give the "
-                     "path of an image folder or a .csv/.jsonl list")
+        return own.own_dataset(entry, taken=datasets())
+    raise DATASETS.missing(entry, datasets(), "see `bench list datasets`, or give the path of an image folder or a "
+                           ".csv/.jsonl list")
 
 
 def canonical_entry(item: Any, base: Path | None = None) -> str:
     """What a trial stores for a dataset: a registered name as it is, own data as plain data that every
     worker resolves the same way (an absolute path, or the JSON of a suite-file table)."""
-    from . import own
-
     if isinstance(item, dict):
         return own.table_entry(item, base)
     if not isinstance(item, str) or not item.strip():

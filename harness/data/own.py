@@ -40,7 +40,7 @@ import random
 import re
 import uuid
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Container, Iterable
 
 from ..errors import BenchError
 from .dataset import DEFAULT_TEMPLATE, DatasetCheck, DatasetDef, check_template
@@ -149,7 +149,8 @@ def _source(raw: dict[str, Any]) -> OwnSource:
                      classnames=tuple(sorted((k, v.strip()) for k, v in names.items())))
 
 
-def own_dataset(entry: str) -> "OwnDataset":
+def own_dataset(entry: str, taken: Container[str] = ()) -> "OwnDataset":
+    """The dataset of own-data ``entry``; ``taken``: the registered names it may not have."""
     if entry.startswith("{"):
         try:
             raw = json.loads(entry)
@@ -158,7 +159,7 @@ def own_dataset(entry: str) -> "OwnDataset":
         source = _source({**raw, "classnames": dict(raw.get("classnames", {}))})
     else:
         source = OwnSource(path=path_entry(entry))
-    return OwnDataset.from_source(source)
+    return OwnDataset.from_source(source, taken)
 
 
 # -- the dataset -----------------------------------------------------------------------------------
@@ -168,12 +169,10 @@ class OwnDataset(DatasetDef):
     classnames: tuple[tuple[str, str], ...] = ()  # folder name or label -> class name (a suite table's)
 
     @classmethod
-    def from_source(cls, source: OwnSource) -> "OwnDataset":
-        from .catalog import datasets
-
+    def from_source(cls, source: OwnSource, taken: Container[str] = ()) -> "OwnDataset":
         path = Path(source.path)
         name = source.name or (path.stem if path.is_file() else path.name)
-        if name in datasets():
+        if name in taken:
             raise BenchError(f"dataset {path} would be named '{name}', the name of a registered dataset; give it "
                              f"another name in a suite-file table (path = \"{path}\", name = \"my_{name}\")")
         templates = source.templates or (DEFAULT_TEMPLATE,)

@@ -15,8 +15,8 @@ the draws with all their scores per block (``Resampler.paired_replicates``), wit
 bit, as one cell at a time.
 
 Only cells whose every trial kept its predictions (rows written before predictions were kept have none)
-and whose stacks ran the same seeds on the same test images get an interval; the harmonic mean of
-base-to-new runs gets none.
+and whose stacks ran the same seeds on the same test images get an interval, and only metrics a protocol
+declares an evaluated set for (``Protocol.eval_sets``: a metric that is no mean of per-image scores has none).
 """
 from __future__ import annotations
 
@@ -30,7 +30,6 @@ import pyarrow as pa
 
 DEFAULT_REPS = 2000
 LEVEL = 0.95
-EVAL_SET_OF_METRIC = {"top1": "test", "top1_new": "new"}  # hm: no interval
 _BLOCK = 1 << 22  # image counts drawn per block of replicates
 _KEEP = 1 << 24  # test sets whose draws (reps x images, 2 bytes each) stay in memory
 _STACK = 1024  # trials whose scores one product of the draws takes at most
@@ -166,6 +165,15 @@ class PredictionScores:
         self._labels: dict[bytes, np.ndarray] = {}
         self._resamplers: dict[tuple, Resampler] = {}
         self._replicates: dict[tuple, np.ndarray] = {}
+        self._eval_set_of: dict[str, str | None] | None = None
+
+    def eval_set_of(self, metric: str) -> str | None:
+        """The evaluated set behind a metric, as the protocols declare it (None: no interval)."""
+        if self._eval_set_of is None:
+            from ..protocols import eval_sets
+
+            self._eval_set_of = eval_sets()
+        return self._eval_set_of.get(metric)
 
     def resampler(self, seed: int, dataset: str, metric: str, n_seeds: int, n_images: int, reps: int) -> Resampler:
         """The draws of one test set, shared by every row and gain of it in this report."""
@@ -240,13 +248,13 @@ class PredictionScores:
         return self._correct(row.trial_id, row.dataset, metric)
 
     def _correct(self, trial_id: str, dataset: str, metric: str) -> tuple[np.ndarray, np.ndarray] | None:
-        if metric not in EVAL_SET_OF_METRIC:
+        eval_set = self.eval_set_of(metric)
+        if eval_set is None:
             return None
         sets = self._eval_sets(trial_id)
         if sets is None:
             return None
-        eval_set = EVAL_SET_OF_METRIC[metric]
-        if metric == "top1" and dataset in sets:  # a shift target's own column
+        if eval_set == "test" and dataset in sets:  # a further dataset the trial was scored on: its own set
             eval_set = dataset
         return sets.get(eval_set)
 

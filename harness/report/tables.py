@@ -1,5 +1,5 @@
 """Paper-style tables from a run's rows: stacks x datasets (+ Average) per shot count, and gain rows
-(with paired-bootstrap intervals when the trials kept their predictions, see :mod:`bench.intervals`)."""
+(with paired-bootstrap intervals when the trials kept their predictions, see :mod:`bench.report.intervals`)."""
 from __future__ import annotations
 
 import dataclasses
@@ -26,29 +26,38 @@ def load_rows(results: str, run: str) -> pd.DataFrame:
     return rows
 
 
-def expand_shift(rows: pd.DataFrame) -> pd.DataFrame:
-    """Domain-shift rows carry the target datasets' accuracies in ``extras``: one table column each."""
+def expand_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    """``rows`` and the rows their protocols add (e.g. a column per further dataset a trial was scored on),
+    those marked with the dataset their trial trained on (``TRAINED_ON``)."""
+    from ..protocols import TRAINED_ON, protocols
+
     extra = []
-    for row in rows[rows["protocol"] == "shift"].itertuples(index=False):
-        for key, value in json.loads(row.extras if isinstance(row.extras, str) else "{}").items():
-            if key.startswith("top1."):
-                extra.append({**row._asdict(), "dataset": key[len("top1."):], "top1": value,
-                              "shift_source": row.dataset})
+    for name, protocol in protocols().items():
+        mine = rows[rows["protocol"] == name]
+        if len(mine):
+            extra += protocol.expand(mine) or []
     if not extra:
         return rows
-    return pd.concat([rows, pd.DataFrame(extra, columns=[*rows.columns, "shift_source"])], ignore_index=True)
+    return pd.concat([rows, pd.DataFrame(extra, columns=[*rows.columns, TRAINED_ON])], ignore_index=True)
 
 
-def infer_protocol(row) -> str:
-    """Rows written before rows carried their protocol: base-to-new rows have new-class accuracies,
-    domain-shift rows target accuracies in ``extras``."""
-    if isinstance(row.protocol, str) and row.protocol:
-        return row.protocol
-    if row.top1_new == row.top1_new and row.top1_new is not None:
-        return "base2new"
-    if isinstance(row.extras, str) and '"top1.' in row.extras:
-        return "shift"
-    return "fewshot"
+def _protocols_of(rows: pd.DataFrame) -> list:
+    """The protocols of the rows, in the order they first appear (rows of an unknown protocol: none)."""
+    from ..protocols import protocols
+
+    known = protocols()
+    return [known[p] for p in dict.fromkeys(rows["protocol"]) if p in known]
+
+
+def _with_protocols(ok: pd.DataFrame) -> list:
+    """Each row's protocol, recognised for rows written before rows carried it."""
+    from ..protocols import infer_protocol
+
+    given = ok["protocol"].to_numpy(dtype=object).copy()
+    missing = [i for i, p in enumerate(given) if not (isinstance(p, str) and p)]
+    for i, row in zip(missing, ok.iloc[missing].itertuples(index=False)):
+        given[i] = infer_protocol(row)
+    return list(given)
 
 
 def _plugin(name: str):
@@ -174,7 +183,7 @@ def table_rows(rows: pd.DataFrame, current: dict[str, str] | None = None) -> tup
         from ..registry import define_recorded_variants
 
         define_recorded_variants(ok["variants"])
-    ok["protocol"] = [infer_protocol(r) for r in ok[["protocol", "top1_new", "extras"]].itertuples(index=False)]
+    ok["protocol"] = _with_protocols(ok)
     ok["stack"] = ok["stack"].map({s: _canonical(s) for s in set(ok["stack"])})
     ok["dataset_fingerprint"] = ok["dataset_fingerprint"].fillna("")
     keep = pd.Series(True, index=ok.index)
@@ -189,7 +198,7 @@ def table_rows(rows: pd.DataFrame, current: dict[str, str] | None = None) -> tup
         if other.any():
             keep[group.index[other]] = False
             aside[dataset] = int(other.sum())
-    ok = expand_shift(ok[keep])
+    ok = expand_rows(ok[keep])
     ok["label"] = label_rows(ok) if not ok.empty else pd.Series(dtype=object)
     note = None
     if aside:
@@ -201,10 +210,7 @@ def table_rows(rows: pd.DataFrame, current: dict[str, str] | None = None) -> tup
 
 def metrics_of(rows: pd.DataFrame) -> list[tuple[str, str]]:
     """(column, caption) pairs the report shows, from the rows' protocol."""
-    from ..protocols import PROTOCOLS
-
-    seen = [PROTOCOLS[p] for p in dict.fromkeys(rows["protocol"]) if p in PROTOCOLS]
-    return list(dict.fromkeys(m for p in seen for m in p.metrics)) or [("top1", "top-1 (%)")]
+    return list(dict.fromkeys(m for p in _protocols_of(rows) for m in p.metrics)) or [("top1", "top-1 (%)")]
 
 
 def _dataset_order(rows: pd.DataFrame) -> list[str]:
@@ -213,11 +219,13 @@ def _dataset_order(rows: pd.DataFrame) -> list[str]:
     present = list(dict.fromkeys(rows["dataset"]))
     suite = rows["suite"].dropna().iloc[0] if rows["suite"].notna().any() else None
     order = [*load_suite(suite).datasets, *load_suite(suite).shift_targets] if suite in builtin_suites() else []
-    targets = list(dict.fromkeys(rows["dataset"][rows["shift_source"].notna()])) if "shift_source" in rows else []
-    ordered = [d for d in order if d in present and d not in targets]
-    ordered += sorted(d for d in present if d not in order and d not in targets)
-    targets = [d for d in order if d in targets] + [d for d in targets if d not in order]
-    return ordered + targets  # domain-shift targets after their source, in the suite's order
+    from ..protocols import TRAINED_ON
+
+    further = list(dict.fromkeys(rows["dataset"][rows[TRAINED_ON].notna()])) if TRAINED_ON in rows else []
+    ordered = [d for d in order if d in present and d not in further]
+    ordered += sorted(d for d in present if d not in order and d not in further)
+    further = [d for d in order if d in further] + [d for d in further if d not in order]
+    return ordered + further  # datasets scored besides the one trained on after it, in the suite's order
 
 
 def _split_stack(stack: str) -> tuple[str, bool]:
@@ -298,27 +306,14 @@ def gain_rows(mean: pd.DataFrame) -> pd.DataFrame:
 
 
 def protocol_tables(rows: pd.DataFrame, shots: int | None = None, metric: str = "top1"):
-    """:func:`accuracy_tables` by the published conventions of the rows' protocol.
-
-    * base-to-new (CoCoOp): a dataset's HM is the HM of its seed-mean base and new accuracies, and the
-      Average HM is the HM of the average base and the average new accuracy (not a mean of per-trial HMs).
-    * domain shift: the source and each target are columns; the Average is over the targets only."""
+    """:func:`accuracy_tables` by the published conventions of the rows' protocols (``Protocol.tables``:
+    e.g. a harmonic mean of the seed means, an Average over some columns only)."""
     ok = rows if "label" in rows else table_rows(rows)[0]
-    if metric == "hm":
-        base, new = accuracy_tables(ok, shots, "top1"), accuracy_tables(ok, shots, "top1_new")
-        out = {}
-        for k, (b, _) in base.items():
-            n = new[k][0].reindex(index=b.index, columns=b.columns)
-            out[k] = (2 * b * n / (b + n)).where(b + n != 0, 0.0), pd.DataFrame(float("nan"), b.index, b.columns)
-        return out
-    tables = accuracy_tables(ok, shots, metric)
-    if "shift_source" in ok:
-        targets = set(ok["dataset"][ok["shift_source"].notna()])
-        for mean, _ in tables.values():
-            shown = [c for c in mean.columns if c in targets]
-            if shown:
-                mean["Average"] = mean[shown].mean(axis=1, skipna=False)
-    return tables
+    for protocol in _protocols_of(ok):
+        got = protocol.tables(ok, shots, metric, accuracy_tables)
+        if got is not None:
+            return got
+    return accuracy_tables(ok, shots, metric)
 
 
 def _shots_free(stack: str) -> bool:
@@ -342,12 +337,13 @@ def paper_comparisons(rows: pd.DataFrame, mean: pd.DataFrame, shots: int, metric
     protocol and metric. A label is compared only where its rows match what a published number describes:
     OpenAI weights, a published model, and the settings it was published with (``{}``: plugin defaults);
     each other label gets a reason instead. Labels are grouped by their model."""
+    from ..protocols import DEFAULT as DEFAULT_PROTOCOL
     from ..published import compare, load_published, normalise_backbone
 
     ok = rows if "label" in rows else table_rows(rows)[0]
     ok = ok[ok["shots"] == shots]
     published = load_published()
-    protocol = next(iter(dict.fromkeys(ok["protocol"])), "fewshot")
+    protocol = next(iter(dict.fromkeys(ok["protocol"])), DEFAULT_PROTOCOL)
     backbones = set(published.backbone[published.protocol == protocol])
     groups: dict[str, list[str]] = {}
     no_paper: dict[str, str] = {}
