@@ -66,6 +66,10 @@ class Protocol:
         or None for the plain mean over seeds (``accuracy_tables(rows, shots, metric)``)."""
         return None
 
+    def averaged(self, rows, columns: list[str]) -> list[str]:
+        """The dataset columns a table's Average spans (its value and its interval): all of them."""
+        return columns
+
 
 class FewShot(Protocol):
     name = "fewshot"
@@ -148,13 +152,14 @@ class Shift(Protocol):
     def tables(self, rows, shots, metric, accuracy_tables):
         """The source and each target are columns; the Average is over the targets only."""
         tables = accuracy_tables(rows, shots, metric)
-        if TRAINED_ON in rows:
-            targets = set(rows["dataset"][rows[TRAINED_ON].notna()])
-            for mean, _ in tables.values():
-                shown = [c for c in mean.columns if c in targets]
-                if shown:
-                    mean["Average"] = mean[shown].mean(axis=1, skipna=False)
+        for mean, _ in tables.values():
+            mean["Average"] = mean[self.averaged(rows, [c for c in mean.columns if c != "Average"])].mean(
+                axis=1, skipna=False)
         return tables
+
+    def averaged(self, rows, columns):
+        targets = set(rows["dataset"][rows[TRAINED_ON].notna()]) if TRAINED_ON in rows else set()
+        return [c for c in columns if c in targets] or columns
 
 
 def _accept(name: str, value: str, found) -> list[tuple[str, Protocol]]:
@@ -185,6 +190,12 @@ def infer_protocol(row) -> str:
     if isinstance(row.protocol, str) and row.protocol:
         return row.protocol
     return next((p.name for p in protocols().values() if p.recognises(row)), DEFAULT)
+
+
+def averaged_columns(rows, columns: list[str]) -> list[str]:
+    """The dataset columns of a table of ``rows`` that its Average spans, by the rows' protocol."""
+    present = [p for name, p in protocols().items() if "protocol" in rows and (rows["protocol"] == name).any()]
+    return present[0].averaged(rows, columns) if len(present) == 1 else columns
 
 
 def eval_sets() -> dict[str, str | None]:

@@ -139,3 +139,42 @@ def test_markdown_gain_cells_read_estimate_and_interval(tmp_path, capsys):
         assert re.fullmatch(r"[+-]\d+\.\d \[[+-]\d+\.\d, [+-]\d+\.\d\]\*?", cell), cell
     assert main(["report", "--results", str(tmp_path), "--run", "demo", "--format", "markdown", "--std"]) == 0
     assert " ± " in capsys.readouterr().out
+
+
+def test_a_shift_tables_average_interval_spans_the_targets_as_its_value_does(tmp_path):
+    """Domain shift: the Average is over the target datasets only, and so is its interval."""
+    import json
+
+    import torch
+
+    from bench.evaluation import Predictions
+    from bench.report.tables import protocol_tables, table_rows
+    from bench.results import RunFolder
+
+    folder = RunFolder(tmp_path, "shift")
+    folder.ensure()
+    labels = np.arange(200) % 4
+    accuracy = {"zeroshot": {"src": 0.3, "t1": 0.5, "t2": 0.6}, "coop": {"src": 0.9, "t1": 0.55, "t2": 0.7}}
+    for seed in (1, 2):
+        images = np.random.default_rng(seed).random(200)
+        for stack, accs in accuracy.items():
+            kept, top1 = Predictions(), {}
+            for dataset, acc in accs.items():
+                correct = images < acc
+                kept.keeper("test" if dataset == "src" else dataset)(
+                    torch.as_tensor(labels), torch.as_tensor(np.where(correct, labels, (labels + 1) % 4)))
+                top1[dataset] = 100.0 * correct.mean()
+            trial_id = f"{stack}-{seed}"
+            folder.write_predictions(trial_id, kept.table())
+            folder.write_row({"trial_id": trial_id, "run": "shift", "suite": "s", "stack": stack, "dataset": "src",
+                              "shots": 16, "seed": seed, "status": "ok", "top1": top1["src"], "n_test": 200,
+                              "model": "tiny", "pretrained": "bundled", "protocol": "shift",
+                              "extras": json.dumps({"top1.t1": top1["t1"], "top1.t2": top1["t2"]})})
+    rows, _ = table_rows(folder.read())
+    mean, _ = protocol_tables(rows, 16)[16]
+    assert mean.at["coop", "Average"] == pytest.approx(mean.loc["coop", ["t1", "t2"]].mean())
+    gains = gain_rows(mean)
+    ci = gain_intervals(rows, gains, PredictionScores(folder.read_predictions))
+    cell = ci.at["coop vs zeroshot", "Average"]
+    assert cell.estimate == pytest.approx(gains.at["coop vs zeroshot", "Average"])
+    assert cell.low <= cell.estimate <= cell.high

@@ -28,6 +28,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from ..protocols import averaged_columns, eval_sets
+
 DEFAULT_REPS = 2000
 LEVEL = 0.95
 _BLOCK = 1 << 22  # image counts drawn per block of replicates
@@ -170,8 +172,6 @@ class PredictionScores:
     def eval_set_of(self, metric: str) -> str | None:
         """The evaluated set behind a metric, as the protocols declare it (None: no interval)."""
         if self._eval_set_of is None:
-            from ..protocols import eval_sets
-
             self._eval_set_of = eval_sets()
         return self._eval_set_of.get(metric)
 
@@ -346,10 +346,11 @@ def _cells(rows: pd.DataFrame) -> dict[tuple[str, str], pd.DataFrame]:
 
 
 def _with_average(per_dataset: dict[str, tuple[float, np.ndarray] | None], columns: list[str],
-                  level: float) -> dict[str, Interval | None]:
+                  level: float, averaged: list[str]) -> dict[str, Interval | None]:
+    """Each dataset's interval, and the Average's over the ``averaged`` datasets (as the table's Average)."""
     out = {d: (interval(*v, level) if v is not None else None) for d, v in per_dataset.items()}
     if "Average" in columns:
-        parts = [per_dataset.get(d) for d in columns if d != "Average"]
+        parts = [per_dataset.get(d) for d in averaged]
         out["Average"] = (interval(np.mean([p[0] for p in parts]), np.mean([p[1] for p in parts], axis=0), level)
                           if parts and all(p is not None for p in parts) else None)
     return out
@@ -363,7 +364,8 @@ def accuracy_intervals(rows: pd.DataFrame, scores: PredictionScores, metric: str
     datasets = list(dict.fromkeys(rows["dataset"]))
     wanted = {label: {d: (label, None) for d in datasets} for label in dict.fromkeys(rows[key])}
     got = scores.estimates(_cells(rows), wanted, metric, reps, seed)
-    table = {label: _with_average(got[label], [*datasets, "Average"], level) for label in wanted}
+    averaged = averaged_columns(rows, datasets)
+    table = {label: _with_average(got[label], [*datasets, "Average"], level, averaged) for label in wanted}
     return pd.DataFrame(table).T.reindex(columns=[*datasets, "Average"])
 
 
@@ -375,5 +377,6 @@ def gain_intervals(rows: pd.DataFrame, gains: pd.DataFrame, scores: PredictionSc
     datasets = [c for c in columns if c != "Average"]
     wanted = {name: {d: tuple(str(name).split(" vs ", 1)) for d in datasets} for name in gains.index}
     got = scores.estimates(_cells(rows), wanted, metric, reps, seed)
-    table = {name: _with_average(got[name], columns, level) for name in gains.index}
+    averaged = averaged_columns(rows, datasets)
+    table = {name: _with_average(got[name], columns, level, averaged) for name in gains.index}
     return pd.DataFrame(table, columns=list(gains.index)).T.reindex(index=gains.index, columns=columns)
