@@ -38,13 +38,13 @@ import json
 import os
 import random
 import re
-import uuid
 from pathlib import Path
 from typing import Any, Iterable
 
+from .. import atomic
 from ..errors import BenchError
 from .dataset import DEFAULT_TEMPLATE, DatasetCheck, DatasetDef, check_template
-from .splits import DatasetSplits, Datum, read_split_json, write_split_json
+from .splits import DatasetSplits, Datum, read_split_json, split_json
 
 SPLIT_SEED = 1
 P_TRAIN, P_VAL = 0.5, 0.2  # Dassl's read_and_split_data(p_trn=0.5, p_val=0.2); the rest is test
@@ -529,14 +529,11 @@ def verify_images(items: Iterable[Datum]) -> None:
 
 def _write_split(file: Path, root: Path, splits: dict[str, list[Datum]], notes: list[str]) -> None:
     """Write the split next to the data unless the same split is already there (atomic replace)."""
-    tmp = file.with_name(f".{file.name}.{uuid.uuid4().hex[:8]}.tmp")
+    text = split_json(root, splits)
     try:
-        write_split_json(tmp, root, splits)
-        if file.is_file() and file.read_bytes() == tmp.read_bytes():
+        if file.is_file() and file.read_bytes() == text.encode("utf-8"):
             return
-        os.replace(tmp, file)
+        atomic.write_text(file, text)
     except OSError as err:
         notes.append(f"could not write the split file {file} ({err.strerror or err}); the same split is made "
                      "again on every read")
-    finally:
-        tmp.unlink(missing_ok=True)
