@@ -97,11 +97,6 @@ def _all_variants() -> dict[str, dict]:
     return {**_builtin_variants(), **_defined}
 
 
-def variant_definitions() -> dict[str, dict]:
-    """Every variant known to this process: name -> ``{"method": base, **settings}``."""
-    return {n: dict(d) for n, d in _all_variants().items()}
-
-
 def define_variants(table: dict[str, dict], where: str = "") -> None:
     """Make the variants of ``table`` (name -> ``{"method": base, setting: value, ...}``, optionally a
     ``description``) known by name.

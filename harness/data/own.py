@@ -43,6 +43,7 @@ from typing import Any, Iterable
 
 from .. import atomic
 from ..errors import BenchError
+from .classes import read_classnames
 from .dataset import DEFAULT_TEMPLATE, DatasetCheck, DatasetDef, check_template
 from .splits import DatasetSplits, Datum, read_split_json, split_json
 
@@ -239,16 +240,8 @@ class OwnDataset(DatasetDef):
     # -- class names --------------------------------------------------------------------------------
     def class_map(self, root: Path) -> dict[str, str]:
         """classnames.txt beside the data, then the suite table's map on top."""
-        out: dict[str, str] = {}
         file = root / CLASSNAMES_FILE
-        if file.is_file():
-            for i, line in enumerate(file.read_text().splitlines(), 1):
-                if not line.strip() or line.lstrip().startswith("#"):
-                    continue
-                key, _, cname = line.strip().partition(" ")
-                if not cname.strip():
-                    raise BenchError(f"{file} line {i} is not '<folder or label> <class name>'; fix that line")
-                out[key] = cname.strip()
+        out = read_classnames(file, "folder or label", "fix that line") if file.is_file() else {}
         out.update(dict(self.classnames))
         return out
 
