@@ -183,7 +183,8 @@ class RunFolder:
         The lock (a ``filelock`` on ``<run>/.lock``; the holder's pid in ``.lock.pid`` beside it) is released
         by the OS when its holder dies (even by kill -9), and whoever takes it next removes the temporary
         files of trials that died mid-write. Object stores have no such lock: the lock file is local
-        (``$BENCH_CACHE/locks``), so two `bench run` of one run on the same machine are refused, while on two machines both would run (rows stay one object per trial id, last one wins).
+        (``$BENCH_CACHE/locks``), so two `bench run` of one run on the same machine are refused, while on two
+        machines both would run (rows stay one object per trial id, last one wins).
         """
         if self.is_local:
             path = Path(self.root) / ".lock"
