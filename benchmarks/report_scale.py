@@ -115,7 +115,7 @@ step, results, floor = sys.argv[1:4]
 import pyarrow.parquet as pq, pyarrow.fs as pafs
 from bench.cli import main
 from bench.results import RunFolder
-import bench.report, bench.intervals, bench.html_report, bench.figures, bench.suite, bench.protocols  # not timed
+import bench.report.tables, bench.report.intervals, bench.report.html, bench.report.figures, bench.suite, bench.protocols  # not timed
 from bench.results import schema
 schema()  # the method plugins: loaded by then in `bench run` and `bench report` alike
 def floor_read():

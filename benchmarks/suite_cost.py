@@ -51,9 +51,14 @@ def short_sets(fraction: float) -> list[str]:
     return [f"{k}={max(1, math.ceil(v * fraction))}" for k, v in EPOCHS.items()]
 
 
-def bench_run(args: list[str], log=print) -> float:
-    """Run ``bench run ARGS`` in a subprocess; return its wall time (raise with its output on failure)."""
-    cmd = [sys.executable, "-m", "bench.cli", "run", *args]
+def bench_run(run: dict, log=print) -> float:
+    """Run ``bench run`` with the options of ``run`` (see :func:`measure`) in a subprocess; return its wall time
+    (raise with its output on failure)."""
+    cmd = [sys.executable, "-m", "bench.cli", "run", "--suite", run["suite"], "--run", RUN, "--no-report",
+           "--methods", ",".join(run["methods"]), "--datasets", ",".join(run["datasets"]),
+           "--shots", ",".join(map(str, run["shots"])), "--seeds", ",".join(map(str, run["seeds"])),
+           "--results", run["results"], *[a for s in run["sets"] for a in ("--set", s)],
+           *(["--cache-dir", run["cache_dir"]] if run["cache_dir"] else ["--no-cache"])]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     wall = time.perf_counter() - t0
@@ -62,39 +67,28 @@ def bench_run(args: list[str], log=print) -> float:
     return wall
 
 
-def run_inprocess(args: list[str], log=print) -> float:
-    """The same trials as ``bench run ARGS``, run one after another in this process without Ray.
+def run_serial(run: dict, log=print) -> float:
+    """The same trials, run by the serial executor in this process (no Ray).
 
     For tests: it exercises planning, the cache, stage reuse and the row comparison in seconds, but not
     Ray's scheduling, so its wall times are not the benchmark's.
     """
     import torch
 
-    from bench.execute import execute_trial
-    from bench.plan import parse_int_list, parse_sets, plan_trials
+    from bench.plan import parse_sets, plan_trials
     from bench.results import RunFolder
+    from bench.runner import run_trials
+    from bench.runner.serial import SerialExecutor
     from bench.suite import load_suite
 
-    opts, sets, flags = {}, [], set()
-    it = iter(args)
-    for a in it:
-        if a in ("--no-cache", "--no-report"):
-            flags.add(a)
-        elif a == "--set":
-            sets.append(next(it))
-        else:
-            opts[a] = next(it)
     t0 = time.perf_counter()
-    specs = plan_trials(load_suite(opts["--suite"]), run=opts["--run"], results=opts["--results"],
-                        methods=opts["--methods"].split(","), datasets=opts["--datasets"].split(","),
-                        shots=parse_int_list(opts["--shots"], "shots"), seeds=parse_int_list(opts["--seeds"], "seeds"),
-                        sets=parse_sets(sets), cache_dir=None if "--no-cache" in flags else opts["--cache-dir"])
-    RunFolder(opts["--results"], opts["--run"]).ensure()
+    specs = plan_trials(load_suite(run["suite"]), run=RUN, results=run["results"], methods=run["methods"],
+                        datasets=run["datasets"], shots=run["shots"], seeds=run["seeds"], sets=parse_sets(run["sets"]),
+                        cache_dir=run["cache_dir"])
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the Ray trainable does with --cpus-per-trial 1
     try:
-        for spec in specs:
-            execute_trial(spec)
+        run_trials(RunFolder(run["results"], RUN), specs, SerialExecutor())
     finally:
         torch.set_num_threads(threads)
     return time.perf_counter() - t0
@@ -104,8 +98,9 @@ def measure(datasets: list[str], stacks: list[str], shots: str = "16", seeds: st
             workdir: str | Path | None = None, suite: str = "synthetic", log=print, runner=bench_run) -> dict:
     """Run the suite both ways, one ``bench run`` each; return walls, rows and the per-trial comparison.
 
-    ``runner`` runs one ``bench run`` argument list and returns its wall time: ``bench_run`` (the real
-    command, the benchmark) or ``run_inprocess`` (no Ray; for the tests).
+    ``runner`` runs one variant's trials (a dict of ``suite``, ``methods``, ``datasets``, ``shots``, ``seeds``,
+    ``sets``, ``results`` and ``cache_dir``, None for no cache) and returns its wall time: ``bench_run`` (the
+    real command, the benchmark) or ``run_serial`` (the serial executor, no Ray; for the tests).
 
     Returns ``{"wall": {"cached": s, "uncached": s}, "rows": {variant: DataFrame}, "results":
     {variant: folder}, "speedup": uncached / cached}``. Raises AssertionError if any trial's top1 differs.
@@ -119,13 +114,13 @@ def measure(datasets: list[str], stacks: list[str], shots: str = "16", seeds: st
     work = Path(workdir)
     results = {"cached": work / "results-cached", "uncached": work / "results-uncached"}
     cache_dir = work / "cache"  # fresh: created by the first cached run
-    common = ["--suite", suite, "--methods", ",".join(stacks), "--shots", shots, "--seeds", seeds,
-              "--run", RUN, "--no-report", *[a for s in sets for a in ("--set", s)]]
-    flags = {"cached": ["--cache-dir", str(cache_dir)], "uncached": ["--no-cache"]}
+    common = {"suite": suite, "methods": list(stacks), "datasets": list(datasets),
+              "shots": [int(k) for k in shots.split(",")], "seeds": [int(k) for k in seeds.split(",")],
+              "sets": list(sets)}
+    cache = {"cached": str(cache_dir), "uncached": None}
     wall = {"cached": 0.0, "uncached": 0.0}
     for variant in ("cached", "uncached"):
-        wall[variant] = runner([*common, "--datasets", ",".join(datasets), "--results", str(results[variant]),
-                                *flags[variant]])
+        wall[variant] = runner({**common, "results": str(results[variant]), "cache_dir": cache[variant]})
         log(f"  {variant:<9} {wall[variant]:7.1f} s", flush=True)
     rows = {v: pd.read_parquet(results[v] / RUN / "trials") for v in results}
     for v, r in rows.items():

@@ -47,17 +47,17 @@ class TrialContext:
     spec: object  # TrialSpec
     clf: torch.nn.Module  # ClipClassifier
     tokenizer: Callable
-    data: DatasetSplits
+    data: DatasetSplits  # what the trial trains and is scored on (the protocol's part of ``read.fewshot``)
     device: torch.device
     image_size: int
     mean: tuple = T.OPENAI_MEAN
     std: tuple = T.OPENAI_STD
+    read: object = None  # bench.fingerprint.TrialData: everything the trial read, for a protocol's other sets
     progress: Callable[[str], None] = lambda msg: None  # short status lines for long fits
     artifact_dir: Path | None = None  # where a method may save files (e.g. learned masks); None: nowhere
     short_classes: int = 0  # classes with fewer than K train images (all of them are used)
     encoder_id: str = ""  # identity of the encoder's weights; the harness updates it after an encoder stage
     cache: FeatureCache | None = None  # features shared across trials and runs (None: within the trial only)
-    num_workers: int = 0  # image-decoding worker processes (0 on CPU, several on GPU)
     epoch_listener: Callable[[int, float], None] | None = None  # a search's early stopping: (epoch, val top-1)
     num_workers: int = 0  # image-cropping worker processes (0 on CPU; on GPU from the trial's CPUs)
     precision: str = "fp32"  # bench.precision: the encoder's passes run under ``autocast()``

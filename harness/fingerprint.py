@@ -18,7 +18,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 from . import atomic
 from .data.catalog import get_dataset
@@ -88,34 +88,72 @@ def trial_fingerprint(dataset_fp: str, full, picks: Sequence[Sequence]) -> tuple
     return _sha([dataset_fp, *(f"{rel(d)}|{size(d.path)}" for items in picks for d in items)]), size.missing
 
 
-def read_trial_data(dataset: str, data_root: str | None, shots: int, seed: int,
-                    targets: tuple[str, ...] = (), _read=None, _dataset_fp=None):
-    """The few-shot split a trial uses, its Dassl short classes, its fingerprints (trial's, dataset's) and
-    the listed files that are missing.
+class Listings:
+    """Datasets as listed, and their version fingerprints, read once per holder: planning fills
+    :data:`PROCESS` afresh, and every trial of the process (a Ray worker's, or the serial executor's) reuses
+    it, so a dataset is listed and fingerprinted once per process, not once per trial (ImageNet: 1.28 M
+    files listed, 50,000 test files sized). A trial still checks its data against the planned fingerprint."""
 
-    ``_read(name)`` and ``_dataset_fp(name, full, targets)`` may memoise across the trials of one plan.
-    """
-    read = _read or (lambda name: get_dataset(name).read(data_root))
-    full = read(dataset)
+    def __init__(self) -> None:
+        self.reads: dict = {}  # (dataset, data root) -> its splits as read
+        self.versions: dict = {}  # ids of a listing and its targets' -> (fingerprint, missing files)
+
+    def clear(self) -> None:
+        self.reads.clear()
+        self.versions.clear()
+
+    def read(self, name: str, data_root: str | None):
+        key = (name, data_root)
+        if key not in self.reads:
+            self.reads[key] = get_dataset(name).read(data_root)
+        return self.reads[key]
+
+    def version(self, full, targets: Sequence) -> tuple[str, list[str]]:
+        key = (id(full), tuple(id(t) for t in targets))  # the listings are kept alive above: ids are stable
+        if key not in self.versions:
+            self.versions[key] = dataset_fingerprint(full, targets)
+        return self.versions[key]
+
+
+PROCESS = Listings()
+
+
+@dataclasses.dataclass
+class TrialData:
+    """What one trial reads: the few-shot split of the whole dataset, the shift targets as listed, the
+    classes with fewer than K train images (Dassl takes all of theirs), the fingerprints, missing files."""
+
+    fewshot: Any  # DatasetSplits: train and val are the trial's K-shot picks, test the whole test split
+    targets: dict[str, Any]  # shift target name -> DatasetSplits
+    short: list
+    fingerprint: str  # the trial's data (its dataset version plus its picks)
+    dataset_fingerprint: str  # the dataset version's, equal across shots and seeds
+    missing: list[str]
+
+
+def read_trial_data(dataset: str, data_root: str | None, shots: int, seed: int, targets: tuple[str, ...] = (),
+                    listings: Listings | None = None) -> TrialData:
+    """The data a trial uses, from ``listings`` (a fresh read without)."""
+    listings = listings or Listings()
+    full = listings.read(dataset, data_root)
     train, val, short = fewshot_split(full.train, full.val, shots, seed)
-    fewshot = dataclasses.replace(full, train=train, val=val)
-    dataset_fp, missing = (_dataset_fp or (lambda n, f, t: dataset_fingerprint(f, t)))(
-        dataset, full, [read(t) for t in targets])
+    read_targets = {t: listings.read(t, data_root) for t in targets}
+    dataset_fp, missing = listings.version(full, list(read_targets.values()))
     trial_fp, missing_picks = trial_fingerprint(dataset_fp, full, [train, val])
-    return fewshot, short, (trial_fp, dataset_fp), missing + missing_picks
+    return TrialData(dataclasses.replace(full, train=train, val=val), read_targets, short, trial_fp, dataset_fp,
+                     missing + missing_picks)
 
 
-def fingerprinted(spec, _read=None, cache_dir: str | None = None, _dataset_fp=None):
+def fingerprinted(spec, listings: Listings | None = None, cache_dir: str | None = None):
     """A TrialSpec with the fingerprints of the data it reads and the weights it starts from.
 
     A listed image that is missing fails here, before any trial starts."""
-    *_, (trial_fp, dataset_fp), missing = read_trial_data(spec.dataset, spec.data_root, spec.shots, spec.seed,
-                                                          spec.shift_targets, _read, _dataset_fp)
-    if missing:
-        raise BenchError(f"image {missing[0]} listed in the split is missing ({len(missing)} missing in "
+    data = read_trial_data(spec.dataset, spec.data_root, spec.shots, spec.seed, spec.shift_targets, listings)
+    if data.missing:
+        raise BenchError(f"image {data.missing[0]} listed in the split is missing ({len(data.missing)} missing in "
                          f"'{spec.dataset}'); restore the dataset's files (`bench data check` lists what is missing)")
     name, weights = resolve(spec.model, spec.pretrained)
-    return dataclasses.replace(spec, data_fingerprint=trial_fp, dataset_fingerprint=dataset_fp,
+    return dataclasses.replace(spec, data_fingerprint=data.fingerprint, dataset_fingerprint=data.dataset_fingerprint,
                                weights_fingerprint=weights_fingerprint(name, weights, cache_dir))
 
 

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import itertools
+import re
+from pathlib import Path
 from typing import Any
 
 from .data.catalog import canonical_entry, check_data, get_dataset
 from .errors import BenchError
-from .fingerprint import dataset_fingerprint, fingerprinted
+from .fingerprint import PROCESS, fingerprinted
 from .precision import check_precision, default_precision
 from .protocols import get_protocol
 from .registry import canonical_stack, get_method, parse_stack, variant_needs
@@ -112,36 +114,29 @@ def plan_trials(suite: Suite, *, run: str, results: str, methods: list[str] | No
     model, pretrained = choose_weights(suite, model, pretrained)
     preflight(model, pretrained)
     blocks = image_blocks(model, pretrained)
-    reads: dict[str, Any] = {}
-    versions: dict[str, Any] = {}
-
-    def read(name: str):
-        if name not in reads:
-            reads[name] = get_dataset(name).read(data_root)
-        return reads[name]
-
-    def version(name: str, full, targets):
-        if name not in versions:
-            versions[name] = dataset_fingerprint(full, targets)
-        return versions[name]
-
+    PROCESS.clear()  # a run is planned on the data as it is now; this process's trials reuse these reads
     specs = []
     for dataset, k, seed, stack in itertools.product(datasets, shots, seeds or suite.seeds, stacks):
         overrides = suite.overrides_for(get_dataset(dataset).name)
         for method, values in (sets or {}).items():
             overrides.setdefault(method, {}).update(values)
         in_stack = set(stack.split("+"))
-        spec = TrialSpec(run=run, suite=suite.name, dataset=dataset, shots=k, seed=seed, stack=stack,
-                         model=model, pretrained=pretrained,
-                         overrides={m: v for m, v in overrides.items() if m in in_stack},
-                         data_root=data_root, device=device, results=str(results), cache_dir=cache_dir,
-                         protocol=suite.protocol,
-                         shift_targets=tuple(suite.shift_targets), variants=variant_needs(stack),
-                         infer_images=infer_images, infer_batch_size=infer_batch_size, precision=precision)
-        for plugin, config in spec.configs():  # validates every --set key and value now, not inside a worker
+        spec = fingerprinted(TrialSpec(
+            run=run, suite=suite.name, dataset=dataset, shots=k, seed=seed, stack=stack, model=model,
+            pretrained=pretrained, overrides={m: v for m, v in overrides.items() if m in in_stack},
+            data_root=_absolute(data_root), device=device, results=_absolute(str(results)),
+            cache_dir=_absolute(cache_dir), protocol=suite.protocol, shift_targets=tuple(suite.shift_targets),
+            variants=variant_needs(stack), infer_images=infer_images, infer_batch_size=infer_batch_size,
+            precision=precision), PROCESS, cache_dir)
+        for plugin, config in spec.resolved.plugins:  # every --set key and value checked now, not in a worker
             plugin.check_model(config, blocks)
-        specs.append(fingerprinted(spec, read, cache_dir, version))
+        specs.append(spec)
     return specs
+
+
+def _absolute(path: str | None) -> str | None:
+    """A local path as every node and worker reads it (their working directories differ); URIs as they are."""
+    return path if path is None or "://" in path else str(Path(path).expanduser().resolve())
 
 
 def choose_weights(suite: Suite, model: str | None, pretrained: str | None) -> tuple[str, str | None]:
@@ -153,3 +148,14 @@ def choose_weights(suite: Suite, model: str | None, pretrained: str | None) -> t
 
         pretrained = default_pretrained(model)
     return model, pretrained
+
+
+def default_run_name(suite: Suite, datasets: list[str] | None) -> str:
+    """The suite's name; with own data (a path in --datasets) the data's names instead, so that other data
+    never lands in a suite's run and breaks its table."""
+    from .data.catalog import datasets as registered
+
+    own = [get_dataset(canonical_entry(d)).name for d in datasets or [] if d not in registered()]
+    if not own:
+        return suite.name
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", "-".join(dict.fromkeys(own)))  # the run's first line names it

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import Callable, ClassVar
 
-from .data.catalog import get_dataset, load_fewshot
 from .data.classes import shift_label_map, subsample_classes
 from .errors import BenchError
 from .registry import suggest
@@ -65,8 +64,7 @@ class BaseToNew(Protocol):
         if not hasattr(head, "for_classes") or len(ctx.clf.logit_terms):
             raise BenchError(f"stack '{spec.stack}' cannot classify classes it was not trained on: base-to-new "
                              "needs a head built from class names")
-        full, _ = load_fewshot(spec.dataset, spec.data_root, spec.shots, spec.seed)
-        ctx.switch_data(subsample_classes(full, "new"))
+        ctx.switch_data(subsample_classes(ctx.read.fewshot, "new"))
         ctx.clf.head = head.for_classes(ctx.data.classnames, ctx)
         new_top1, _ = score("test", name="new")
         return {"top1_new": new_top1, "hm": harmonic_mean(top1, new_top1)}, {}
@@ -79,7 +77,7 @@ class Shift(Protocol):
     def extra_metrics(self, ctx, spec, top1: float, score: Score) -> tuple[dict, dict]:
         source, out = ctx.data, {}
         for target in spec.shift_targets:
-            data = get_dataset(target).read(spec.data_root)
+            data = ctx.read.targets[target]
             mapping = shift_label_map(source, data)
             ctx.switch_data(data)
             out[f"top1.{target}"], _ = score("test", mapping.select, name=target)

@@ -51,7 +51,7 @@ def _discover() -> tuple[dict[str, type[Method]], dict[str, str]]:
 
 def methods() -> dict[str, type[Method]]:
     """Every method name: the plugins and the variants known to this process."""
-    return {**_discover()[0], **{n: _variant_class(n) for n in _all_variants()}}
+    return {**_discover()[0], **{n: get_method(n) for n in _all_variants()}}
 
 
 def cheap_names() -> set[str]:
@@ -69,15 +69,18 @@ def broken_plugins() -> dict[str, str]:
     return dict(_discover()[1])
 
 
-def get_method(name: str) -> type[Method]:
+def get_method(name: str, variants: dict[str, dict] | None = None) -> type[Method]:
+    """A method by name: an installed plugin, a variant from ``variants`` (a spec's own definitions, name ->
+    ``{"method": base, **settings}``), or a variant known to this process."""
     table, broken = _discover()
     if name in table:
         return table[name]
-    if name in _all_variants():
-        return _variant_class(name)
+    known = {**_all_variants(), **(variants or {})}
+    if name in known:
+        return _variant_class(name, _comparable(_needed(name, known)))
     if name in broken:
         raise BenchError(f"method plugin '{name}' failed to load ({broken[name]}); reinstall or fix that package")
-    raise BenchError(f"unknown method '{name}'{suggest(name, [*table, *_all_variants()])}; "
+    raise BenchError(f"unknown method '{name}'{suggest(name, [*table, *known])}; "
                      "see `bench list methods`")
 
 
@@ -115,7 +118,7 @@ def define_variants(table: dict[str, dict], where: str = "") -> None:
             raise BenchError(f"{prefix}variant '{name}' has the name of an installed method; choose another name")
         known = _all_variants().get(name)
         if known is not None and _same(known, definition):
-            continue  # defined before (a spec's configs() redefines its variants each call)
+            continue  # defined before
         if known is not None:
             raise BenchError(f"{prefix}variant '{name}' is already defined as {_describe(known)}; "
                              "choose another name for this one")
@@ -126,14 +129,11 @@ def define_variants(table: dict[str, dict], where: str = "") -> None:
         if base in chain:
             raise BenchError(f"{prefix}variant '{name}' builds on itself ({' -> '.join([*chain, base])}); "
                              "name an installed method as its base")
-        _defined[name] = dict(definition)
-        _variant_class.cache_clear()
         try:
-            get_method(name).make_config("", 1)  # types, choices and ranges of its settings, now
+            get_method(name, {name: definition}).make_config("", 1)  # types, choices and ranges, now
         except BenchError as err:
-            del _defined[name]
-            _variant_class.cache_clear()
             raise BenchError(f"{prefix}variant '{name}': {err}") from None
+        _defined[name] = dict(definition)
 
 
 def _same(a: dict, b: dict) -> bool:
@@ -170,10 +170,22 @@ def variant_needs(stack: str) -> dict[str, dict]:
     return out
 
 
+def _needed(name: str, table: dict[str, dict]) -> dict[str, dict]:
+    """The definitions of variant ``name`` and of the variants it builds on, from ``table``."""
+    out = {}
+    while name in table and name not in out:
+        out[name] = table[name]
+        name = table[name]["method"]
+    return out
+
+
 @functools.cache
-def _variant_class(name: str) -> type[Method]:
-    definition = _all_variants()[name]
-    base = get_method(definition["method"])
+def _variant_class(name: str, definitions: str) -> type[Method]:
+    """The class of variant ``name`` as ``definitions`` (the JSON of :func:`_needed`) define it: made once per
+    process and definition, never registered anywhere."""
+    table = json.loads(definitions)
+    definition = table[name]
+    base = get_method(definition["method"], table)
     settings = _settings_of(definition)
     base_defaults = base.defaults_for
 
@@ -202,10 +214,11 @@ def split_stack(stack: str) -> list[str]:
     return parts
 
 
-def parse_stack(stack: str) -> list[type[Method]]:
-    """Parse ``a+b`` into plugin classes in pipeline order, checking that they change disjoint parts."""
+def parse_stack(stack: str, variants: dict[str, dict] | None = None) -> list[type[Method]]:
+    """Parse ``a+b`` into plugin classes in pipeline order, checking that they change disjoint parts;
+    ``variants``: definitions of named variants besides those known to this process (a spec's)."""
     parts = split_stack(stack)
-    plugins = [get_method(p) for p in parts]
+    plugins = [get_method(p, variants) for p in parts]
     for i, a in enumerate(plugins):
         for b in plugins[i + 1:]:
             shared = sorted(a.changes & b.changes)

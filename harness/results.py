@@ -525,3 +525,13 @@ def latest_run(results: str | Path) -> str | None:
         key = (stamp is not None, stamp or 0, run)
         newest = max(newest or key, key)
     return newest[2] if newest else None
+
+
+def chosen_run(results: str | Path, run: str | None) -> tuple[str, str]:
+    """The run a report shows and how it was chosen: ``run`` as named, else the latest (and how many there are)."""
+    if run is not None:
+        return run, ""
+    latest = latest_run(results)
+    if latest is None:
+        raise BenchError(f"no runs under {results}; run `bench run` first or pass --results")
+    return latest, f" (latest of {len(list_runs(results))}; --run NAME)"

@@ -1,11 +1,15 @@
-"""One trial: few-shot split -> model -> fit each method of the stack -> test top-1 -> one row."""
+"""One trial, from its spec to exactly one row: few-shot split -> model -> fit each method of the stack ->
+scores -> the row written (``ok`` with its metrics, or ``error`` with why)."""
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import random
 import shutil
+import socket
 import time
+import traceback
 from pathlib import Path
 from typing import Any, Callable
 
@@ -14,19 +18,19 @@ import open_clip
 import pyarrow as pa
 import torch
 
-from . import __version__
 from .cache import FeatureCache, StageCache, module_fingerprint
-from .cost import encoder_gflops
 from .classifier import ClipClassifier, ZeroShotHead
 from .context import TrialContext
-from .data.catalog import get_dataset
+from .cost import encoder_gflops
 from .errors import BenchError
-from .fingerprint import dataset_fingerprint, fingerprinted, read_trial_data
+from .evaluation import Predictions, evaluate, measure_throughput, peak_memory_mb
+from .fingerprint import PROCESS, fingerprinted, read_trial_data
 from .models import load_model
-from .plugin import IMAGE_FEATURE_PARTS, config_dict
+from .plugin import IMAGE_FEATURE_PARTS
 from .precision import use_matmul_precision
 from .protocols import get_protocol
-from .results import PREDICTION_SCHEMA
+from .results import RowWriteError, RunFolder
+from .rows import error_row, spec_fields
 from .selection import is_search_trial, sealed_test
 from .spec import TrialSpec
 
@@ -44,56 +48,33 @@ def resolve_device(device: str) -> torch.device:
 
 
 def build_context(spec: TrialSpec, progress: Callable[[str], None] = lambda m: None) -> TrialContext:
-    """Load the trial's data and model and wrap them as a zero-shot classifier."""
+    """Load the trial's data (listed once per process, see bench.fingerprint.Listings) and model, and wrap them
+    as a zero-shot classifier."""
     device = resolve_device(spec.device)
-    def read():
-        return read_trial_data(spec.dataset, spec.data_root, spec.shots, spec.seed, spec.shift_targets,
-                               *process_memo(spec.data_root))
-    data, short, (fingerprint, _), _ = read()
-    if spec.data_fingerprint and fingerprint != spec.data_fingerprint:  # changed since this process read it?
-        _LISTINGS.clear()
-        _DATASET_FINGERPRINTS.clear()
-        data, short, (fingerprint, _), _ = read()
-    if spec.data_fingerprint and fingerprint != spec.data_fingerprint:  # by hand: nothing to check
+    read = functools.partial(read_trial_data, spec.dataset, spec.data_root, spec.shots, spec.seed,
+                             spec.shift_targets, PROCESS)
+    data = read()
+    if spec.data_fingerprint and data.fingerprint != spec.data_fingerprint:  # changed since this process read it?
+        PROCESS.clear()
+        data = read()
+    if spec.data_fingerprint and data.fingerprint != spec.data_fingerprint:  # by hand: nothing to check
         raise BenchError(f"the data of '{spec.dataset}' changed after this run was planned (fingerprint "
-                         f"{spec.data_fingerprint}, now {fingerprint}); run the same command again to plan "
+                         f"{spec.data_fingerprint}, now {data.fingerprint}); run the same command again to plan "
                          "trials on the data as it is now")
-    data = get_protocol(spec.protocol).prepare(data)
-    if short:
-        progress(f"{len(short)} classes of {spec.dataset} have fewer than {spec.shots} train images; all taken")
+    if data.short:
+        progress(f"{len(data.short)} classes of {spec.dataset} have fewer than {spec.shots} train images; "
+                 "all taken")
     model, preprocess, tokenizer = load_model(spec.model, spec.pretrained, str(device))
     cfg = open_clip.get_model_preprocess_cfg(model)
     size = cfg["size"][0] if isinstance(cfg["size"], (tuple, list)) else cfg["size"]
-    ctx = TrialContext(spec=spec, clf=None, tokenizer=tokenizer, data=data, device=device, image_size=int(size),
-                       mean=tuple(cfg["mean"]), std=tuple(cfg["std"]), progress=progress, short_classes=len(short),
-                       encoder_id=encoder_identity(spec),
+    ctx = TrialContext(spec=spec, clf=None, tokenizer=tokenizer, data=get_protocol(spec.protocol).prepare(data.fewshot),
+                       read=data, device=device, image_size=int(size), mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
+                       progress=progress, short_classes=len(data.short), encoder_id=encoder_identity(spec),
                        cache=FeatureCache(spec.cache_dir, spec.run) if spec.cache_dir else None,
                        num_workers=loader_workers(device), precision=spec.precision)
     ctx.clf = ClipClassifier(model, ZeroShotHead(torch.zeros(1, 1), 1.0)).to(device)
     ctx.clf.head = ZeroShotHead(ctx.text_weights(), ctx.clf.logit_scale).to(device)
     return ctx
-
-
-_LISTINGS: dict = {}  # (dataset, data root) -> its splits as read, for every later trial of this process
-_DATASET_FINGERPRINTS: dict = {}
-
-
-def process_memo(data_root: str | None):
-    """``read_trial_data``'s memo hooks: a dataset is listed and fingerprinted once per process, not once
-    per trial (ImageNet: 1.28 M files listed, 50,000 test files sized). A trial still checks its data
-    against the planned fingerprint; a run is planned afresh (its data re-read) every time it starts."""
-    def read(name: str):
-        key = (name, data_root)
-        if key not in _LISTINGS:
-            _LISTINGS[key] = get_dataset(name).read(data_root)
-        return _LISTINGS[key]
-
-    def dataset_fp(name: str, full, targets):
-        key = (id(full), tuple(id(t) for t in targets))  # the listings are kept alive above: ids are stable
-        if key not in _DATASET_FINGERPRINTS:
-            _DATASET_FINGERPRINTS[key] = dataset_fingerprint(full, targets)
-        return _DATASET_FINGERPRINTS[key]
-    return read, dataset_fp
 
 
 def loader_workers(device: torch.device) -> int:
@@ -108,106 +89,6 @@ def encoder_identity(spec: TrialSpec) -> str:
     """The starting encoder's identity: its weights, and the seed only where they are random (seeded init)."""
     weights = spec.weights_fingerprint or spec.pretrained
     return f"{spec.model}|{weights}" + (f"|{spec.seed}" if weights in ("random", "none", None) else "")
-
-
-class Predictions:
-    """Per test image of every set a trial is scored on: its index in the split, true and predicted class.
-
-    ``eval_set`` names the set: ``test`` (the trial's own), ``new`` (base-to-new's new classes) or a
-    shift target's dataset name. Kept so that intervals and later analyses need no rerun."""
-
-    SCHEMA = PREDICTION_SCHEMA
-
-    def __init__(self) -> None:
-        self.parts: list[pa.Table] = []
-
-    def keeper(self, eval_set: str) -> Callable[[torch.Tensor, torch.Tensor], None]:
-        def keep(labels: torch.Tensor, predicted: torch.Tensor) -> None:
-            n = len(labels)
-            self.parts.append(pa.table({"eval_set": pa.array([eval_set] * n, pa.string()),
-                                        "index": pa.array(np.arange(n, dtype=np.int32)),
-                                        "label": pa.array(labels.cpu().numpy().astype(np.int32)),
-                                        "predicted": pa.array(predicted.cpu().numpy().astype(np.int32))},
-                                       schema=self.SCHEMA))
-        return keep
-
-    def table(self) -> pa.Table:
-        return pa.concat_tables(self.parts) if self.parts else self.SCHEMA.empty_table()
-
-
-@torch.no_grad()
-def evaluate(ctx: TrialContext, split: str, select: Callable = lambda logits: logits,
-             keep: Callable[[torch.Tensor, torch.Tensor], None] | None = None) -> tuple[float, int]:
-    """Top-1 accuracy (percent) of the current classifier on a split, and the split's size.
-
-    ``select`` picks the logit columns that are scored (e.g. a shifted dataset's own classes); ``keep``
-    receives the labels and predicted classes, in split order."""
-    if not ctx.split(split):
-        return float("nan"), 0
-    ctx.clf.eval()
-    feats = ctx.features(split)[0]
-    labels = ctx.labels(split)
-    predicted = torch.cat([select(ctx.clf.logits_from_features(f)).argmax(-1) for f in feats.split(500)])
-    if keep is not None:
-        keep(labels, predicted)
-    return 100.0 * int((predicted == labels).sum()) / len(labels), len(labels)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-@torch.no_grad()
-def measure_throughput(ctx: TrialContext, batch_size: int = 100, max_images: int | None = None,
-                       split: str = "test") -> dict[str, Any]:
-    """Test-time speed of the final classifier: images/s of its real forward (images -> encoder -> every
-    slot -> logits) over ``split`` (its first ``max_images``), the feature cache bypassed.
-
-    The process's first measurement warms up on one batch (kernels, allocator), not counted; decoding and
-    moving images to the device are not timed either, only the forward passes. Returns the row's ``infer_*``
-    columns."""
-    items = ctx.split(split)
-    n = len(items) if max_images is None else min(len(items), max_images)
-    if n == 0:
-        return {"infer_images_per_s": None, "infer_batch_size": batch_size, "infer_images": 0}
-    clf, device = ctx.clf, ctx.device
-    was_training = clf.training
-    clf.eval()
-    batches = iter(ctx.loader(split, batch_size=batch_size))
-    timed, seconds = 0, 0.0
-
-    def forward(images: torch.Tensor) -> float:
-        images = images.to(device, non_blocking=True)
-        ctx.ledger.forward("timing", len(images))
-        _sync(device)
-        start = time.perf_counter()
-        with ctx.autocast():
-            clf(images)
-        _sync(device)
-        return time.perf_counter() - start
-
-    try:
-        warm_key = (ctx.spec.model, str(device), batch_size, ctx.image_size)
-        first = None
-        if warm_key not in _WARMED:  # once per process: kernels and allocator stay warm for later trials
-            first, _ = next(batches)
-            forward(first)
-            _WARMED.add(warm_key)
-        rest = [first] if first is not None and n <= len(first) else []  # a one-batch split: time it again
-        for images in rest or (b for b, _ in batches):
-            images = images[: n - timed]
-            seconds += forward(images)
-            timed += len(images)
-            if timed >= n:
-                break
-    finally:
-        clf.train(was_training)
-    return {"infer_images_per_s": timed / seconds if seconds > 0 else None, "infer_batch_size": batch_size,
-            "infer_images": timed}
-
-
-_WARMED: set = set()  # (model, device, batch size, image size) this process has warmed up
 
 
 def run_trial(spec: TrialSpec, progress: Callable[[str], None] = lambda m: None,
@@ -238,7 +119,7 @@ def run_trial(spec: TrialSpec, progress: Callable[[str], None] = lambda m: None,
     trainable = 0
     t0 = time.perf_counter()
     stages = StageCache(spec.cache_dir, spec.run) if spec.cache_dir else None
-    plugins = spec.configs()
+    plugins = spec.resolved.plugins
     for i, (plugin, config) in enumerate(plugins):
         seed_everything(spec.seed)
         method = plugin(config)
@@ -311,53 +192,63 @@ def fit_stage(method, ctx: TrialContext, stages: StageCache | None, key: str | N
         return out
 
 
+def execute_trial(spec: TrialSpec, progress: Callable[[str], None] = lambda m: None,
+                  where: dict[str, Any] | None = None,
+                  on_epoch: Callable[[int, float], None] | None = None) -> dict[str, Any]:
+    """Run ``spec`` and write its row into the run folder; a failure becomes an error row.
+
+    Every ``progress`` message also goes, timestamped, into the trial's ``artifacts/<trial_id>/log.txt``
+    (one block per attempt, each opened by a line naming the trial and where it runs).
+    ``where`` names the place that ran it (the Ray node's ``node_id`` and ``node_ip``) and goes into the row;
+    ``on_epoch`` listens to the last method's epochs (:func:`bench.trial.run_trial`).
+    The traceback of an unexpected failure is written next to the rows as ``<trial_id>.traceback.txt``.
+    Artifacts reach the results location before the row does, so a row never points at missing files.
+    Raises ``RowWriteError`` when the row itself cannot be stored (an object store that refuses the PUT).
+    """
+    folder = RunFolder(spec.results, spec.run)
+    where = where or {}
+    artifacts = folder.artifact_dir(spec.trial_id)
+    log = TrialLog(artifacts / "log.txt")
+    log.write(f"trial {spec.trial_id} ({spec.dataset}, {spec.shots}-shot, seed {spec.seed}, {spec.stack}) on "
+              f"{socket.gethostname()} {where.get('node_ip', '')}".rstrip())
+    progress = log.and_then(progress)
+    try:
+        row = {**spec_fields(spec), "hostname": socket.gethostname(), **where,
+               **run_trial(spec, progress, artifact_dir=artifacts,
+                          keep_predictions=functools.partial(folder.write_predictions, spec.trial_id),
+                          on_epoch=on_epoch)}
+    except BenchError as err:
+        row = error_row(spec, str(err), where)
+    except Exception as err:  # a bug or a resource problem inside one trial must not end the run
+        row = error_row(spec, f"{type(err).__name__}: {err}".splitlines()[0][:500], where)
+        artifacts.mkdir(parents=True, exist_ok=True)
+        (artifacts / "traceback.txt").write_text(traceback.format_exc())
+    log.write(f"{row['status']}: top1 {row.get('top1')}" if row["status"] == "ok" else f"error: {row['error']}")
+    try:
+        folder.publish_artifacts(spec.trial_id)
+    except RowWriteError as err:
+        row = error_row(spec, f"artifacts not saved: {err}", where)
+    folder.write_row(row)
+    return row
 
 
-def peak_memory_mb(device: str) -> float:
-    if device == "cuda":
-        return torch.cuda.max_memory_allocated() / 2**20
-    import resource
+class TrialLog:
+    """Appends timestamped lines to a trial's log file; a file that cannot be written never fails the trial."""
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    def __init__(self, path: Path):
+        self.path = path
 
+    def write(self, message: str) -> None:
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a") as f:
+                f.write(f"{stamp} {message}\n")
+        except OSError:
+            pass
 
-def plain_spec_fields(spec: TrialSpec) -> dict[str, Any]:
-    """The row fields a spec holds as plain data: readable even when a plugin or dataset no longer loads."""
-    return {
-        "run": spec.run, "suite": spec.suite, "protocol": spec.protocol, "dataset": spec.dataset,
-        "shots": spec.shots, "seed": spec.seed, "stack": spec.stack, "model": spec.model,
-        "pretrained": spec.pretrained, "data_fingerprint": spec.data_fingerprint,
-        "dataset_fingerprint": spec.dataset_fingerprint, "weights_fingerprint": spec.weights_fingerprint,
-        "device": spec.device, "precision": spec.precision, **selection_fields(spec),
-    }
-
-
-def selection_fields(spec: TrialSpec) -> dict[str, Any]:
-    """The row's columns saying how its settings were chosen (bench.selection)."""
-    tuning = spec.tuning or {}
-    return {"selection": spec.selection, "tune_budget": tuning.get("budget"), "tune_search": tuning.get("search"),
-            "tuned": json.dumps(tuning["settings"], sort_keys=True) if "settings" in tuning else None,
-            "tune_cell": tuning.get("cell"), "tune_trial": tuning.get("trial")}
-
-
-def spec_fields(spec: TrialSpec) -> dict[str, Any]:
-    """Every row field that describes the trial (its id, registered dataset name, settings, versions)."""
-    return {
-        **plain_spec_fields(spec), "trial_id": spec.trial_id, "dataset": get_dataset(spec.dataset).name,
-        "hparams": json.dumps(spec.hyperparameters(), sort_keys=True),
-        "settings": json.dumps(non_default_settings(spec), sort_keys=True),
-        "variants": json.dumps(spec.variants, sort_keys=True, default=str),
-        "torch": torch.__version__, "open_clip": open_clip.__version__, "bench": __version__,
-    }
-
-
-def non_default_settings(spec: TrialSpec) -> dict[str, dict[str, Any]]:
-    """The settings of each method that differ from its defaults for this dataset and shot count:
-    what tells two rows of one stack apart in a report."""
-    out = {}
-    for plugin, config in spec.configs():
-        default = config_dict(plugin.make_config(spec.dataset, spec.shots))
-        changed = {k: v for k, v in config_dict(config).items() if default.get(k) != v}
-        if changed:
-            out[plugin.name] = changed
-    return out
+    def and_then(self, progress: Callable[[str], None]) -> Callable[[str], None]:
+        def log_and_pass_on(message: str) -> None:
+            self.write(message)
+            progress(message)
+        return log_and_pass_on

@@ -175,7 +175,7 @@ def _with_settings(overrides: dict, flat: dict[str, Any]) -> dict:
 
 
 def _resolved(spec: TrialSpec, keys) -> dict[str, Any]:
-    hparams = spec.hyperparameters()
+    hparams = spec.resolved.hyperparameters
     return {key: hparams[key.split(".", 1)[0]][key.split(".", 1)[1]] for key in keys}
 
 
@@ -405,7 +405,7 @@ def stopped_trials():
                 return
             import datetime as dt
 
-            from .execute import safe_spec_fields
+            from .rows import safe_spec_fields
 
             spec = TrialSpec.from_dict(trial.config["spec"])
             now = dt.datetime.now(dt.timezone.utc)

@@ -7,7 +7,7 @@ import torch
 
 from bench.methods.mask import save_masks
 from bench.results import RunFolder
-from bench.trial import Predictions
+from bench.evaluation import Predictions
 
 N_TEST = 200
 MASKED_NAMES = ["transformer.resblocks.0.attn.in_proj_weight", "transformer.resblocks.0.attn.out_proj.weight",

@@ -20,7 +20,8 @@ from bench.methods._training import amp_dtype, resolve_precision
 from bench.methods.coop import CoOp, CoOpConfig, PromptHead
 from bench.methods.mask import MaskTuning, bf16_autocast, rmt_step
 from bench.spec import TrialSpec
-from bench.trial import build_context, evaluate, seed_everything
+from bench.trial import build_context, seed_everything
+from bench.evaluation import evaluate
 
 CPU = torch.device("cpu")
 CLASSES = ["red", "green", "dark_blue", "traffic light", "ewer"]

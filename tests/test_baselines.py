@@ -16,7 +16,8 @@ import torch.nn.functional as F
 
 from bench import BenchError
 from bench.spec import TrialSpec
-from bench.trial import build_context, evaluate, seed_everything
+from bench.trial import build_context, seed_everything
+from bench.evaluation import evaluate
 from bench.methods._training import batches, coop_epochs, warmup_cosine
 from bench.methods.clip_adapter import ClipAdapter, ResidualAdapter
 from bench.methods.coop import CoOp, CoOpConfig, PromptHead, check_text_layout

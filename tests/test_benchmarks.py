@@ -28,10 +28,10 @@ def test_suite_cost_same_accuracy_with_and_without_cache(tmp_path):
     stacks = suite_cost.suite_stacks()
     assert set(suite_cost.PAPER_STACKS) <= set(stacks)
     assert "mask.epochs=3" in suite_cost.short_sets(0.1) and suite_cost.short_sets(1) == []
-    # one dataset, two cheap stacks, one of them reusing the other's mask stage; no Ray (run_inprocess)
+    # one dataset, two cheap stacks, one of them reusing the other's mask stage; no Ray (the serial executor)
     out = suite_cost.measure(["syn_colour"], ["mask", "tip_adapter+mask"], shots="2", seeds="1",
                              sets=["mask.steps=1", "mask.batch_size=8", "tip_adapter.augment_views=1"],
-                             workdir=tmp_path, log=lambda *a, **k: None, runner=suite_cost.run_inprocess)
+                             workdir=tmp_path, log=lambda *a, **k: None, runner=suite_cost.run_serial)
     cached, uncached = out["rows"]["cached"], out["rows"]["uncached"]
     assert len(cached) == len(uncached) == 2 and (cached.status == "ok").all()
     assert cached.extras.str.contains("reused_stage").sum() == 1  # tip_adapter+mask reused mask's masks
@@ -44,13 +44,13 @@ def test_suite_cost_detects_different_accuracy(tmp_path, monkeypatch):
     suite_cost = load("suite_cost")
     calls = []
 
-    def fake_runner(args, log=print):  # rows as bench would write them, with one accuracy that differs
-        results = Path(args[args.index("--results") + 1]) / suite_cost.RUN / "trials"
+    def fake_runner(run, log=print):  # rows as bench would write them, with one accuracy that differs
+        results = Path(run["results"]) / suite_cost.RUN / "trials"
         results.mkdir(parents=True, exist_ok=True)
-        calls.append("--no-cache" in args)
+        calls.append(run["cache_dir"] is None)
         now = dt.datetime.now(dt.timezone.utc)
         pd.DataFrame({"trial_id": ["a"], "stack": ["zeroshot"], "dataset": ["d"], "status": ["ok"],
-                      "top1": [50.0 if "--no-cache" in args else 51.0], "extras": ["{}"], "fit_seconds": [0.0],
+                      "top1": [50.0 if run["cache_dir"] is None else 51.0], "extras": ["{}"], "fit_seconds": [0.0],
                       "started_at": [now], "finished_at": [now]}).to_parquet(results / "a.parquet")
         return 1.0
 

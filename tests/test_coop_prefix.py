@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 from bench.methods.coop import CoOp, CoOpConfig, PromptHead
 from bench.spec import TrialSpec
-from bench.trial import build_context, evaluate, seed_everything
+from bench.trial import build_context, seed_everything
+from bench.evaluation import evaluate
 
 CLASSES = ["red", "green", "dark_blue", "traffic light", "2012 Mercedes-Benz Sprinter Van", "ewer"]
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from bench.figures import (accuracy_figure, gains_figure, mask_shares, masks_figure, report_figures,
+from bench.report.figures import (accuracy_figure, gains_figure, mask_shares, masks_figure, report_figures,
                            save_figures, stack_styles, tensor_place)
-from bench.intervals import PredictionScores
-from bench.report import load_rows
+from bench.report.intervals import PredictionScores
+from bench.report.tables import load_rows
 
 from fake_runs import write_fake_run
 

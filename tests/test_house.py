@@ -134,3 +134,31 @@ def test_canonical_spelling_is_one_per_stack():
     for e in encoder:
         for h in heads:
             assert canonical_stack(f"{e}+{h}") == canonical_stack(f"{h}+{e}") == f"{h}+{e}"
+
+
+# -- one trial, resolved once and read once -----------------------------------------------------------
+def test_one_trial_resolves_once_and_reads_its_dataset_once(tmp_path, monkeypatch):
+    """Planned and run in one process (the serial executor), a base-to-new trial resolves its stack once and
+    lists its dataset once, though it is scored on the new classes too."""
+    import bench.spec
+    from bench.data.dataset import DatasetDef
+    from bench.plan import plan_trials
+    from bench.results import RunFolder
+    from bench.runner import run_trials
+    from bench.runner.serial import SerialExecutor
+    from bench.suite import load_suite
+
+    suite_file = tmp_path / "b2n.toml"
+    suite_file.write_text('name = "b2n"\ndatasets = ["syn_novel"]\nshots = [2]\nseeds = [1]\n'
+                          'methods = ["zeroshot"]\nmodel = "tiny"\npretrained = "bundled"\nprotocol = "base2new"\n')
+    resolved, reads = [], []
+    parse_stack, read = bench.spec.parse_stack, DatasetDef.read
+    monkeypatch.setattr(bench.spec, "parse_stack", lambda *a: resolved.append(a[0]) or parse_stack(*a))
+    monkeypatch.setattr(DatasetDef, "read", lambda self, root: reads.append(self.name) or read(self, root))
+    specs = plan_trials(load_suite(str(suite_file)), run="once", results=str(tmp_path), cache_dir=None,
+                        infer_images=0)
+    run_trials(RunFolder(tmp_path, "once"), specs, SerialExecutor())
+    rows = RunFolder(tmp_path, "once").read()
+    assert list(rows.status) == ["ok"] and rows.top1_new.notna().all()  # scored on base and new classes
+    assert resolved == ["zeroshot"]
+    assert reads == ["syn_novel"]

@@ -20,11 +20,12 @@ from bench.cli import main
 from bench.data.synthetic import SPECS, _build, content_digest, manifest, materialize
 from bench.fingerprint import fingerprinted
 from bench.plan import plan_trials
-from bench.report import accuracy_tables, table_rows
+from bench.report.tables import accuracy_tables, table_rows
 from bench.results import RunFolder
 from bench.spec import TrialSpec
 from bench.suite import load_suite
-from bench.trial import run_trial, spec_fields
+from bench.trial import run_trial
+from bench.rows import spec_fields
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST_MASK = {"mask": {"steps": "2", "batch_size": "8"}}

@@ -10,10 +10,10 @@ import pytest
 
 from bench.cli import main
 from bench.data.catalog import load_fewshot
-from bench.execute import execute_trial
+from bench.trial import execute_trial
 from bench.fingerprint import fingerprinted
-from bench.intervals import PredictionScores, bootstrap, gain_intervals, replicates
-from bench.report import accuracy_tables, gain_rows, load_rows
+from bench.report.intervals import PredictionScores, bootstrap, gain_intervals, replicates
+from bench.report.tables import accuracy_tables, gain_rows, load_rows
 from bench.results import RunFolder
 from bench.spec import TrialSpec
 

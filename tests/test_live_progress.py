@@ -13,9 +13,9 @@ import pytest
 from rich.console import Console
 
 from bench.errors import BenchError
-from bench.live_view import RunProgress
+from bench.runner.live_view import RunProgress
 from bench.results import RunFolder
-from bench.scheduler import ThrottledProgress, _progress_every_s
+from bench.runner.ray_tune import ThrottledProgress, _progress_every_s
 from bench.spec import TrialSpec
 
 ROOT = Path(__file__).resolve().parents[1]

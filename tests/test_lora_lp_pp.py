@@ -21,7 +21,8 @@ from bench.classifier import ZeroShotHead
 from bench.methods.lora import LoRA, SplitAttention, add_lora, load_lora, lora_config, split_attention
 from bench.methods.lp_pp import LPPlusPlus, step_sizes
 from bench.registry import canonical_stack
-from bench.trial import evaluate, run_trial
+from bench.trial import run_trial
+from bench.evaluation import evaluate
 
 from test_baselines import Poisoned, fixture_context, plugin, pretrained_spec
 

@@ -183,7 +183,7 @@ def test_amt_trains(ctx):
 
 
 def test_learning_fixed_seed(ctx, tmp_path):
-    from bench.trial import evaluate
+    from bench.evaluation import evaluate
 
     before, _ = evaluate(fresh(ctx), "test")
     c = fresh(ctx)

@@ -337,7 +337,7 @@ def test_bench_run_end_to_end_on_own_data(tmp_path):
 
 
 def test_own_data_without_run_gets_a_run_named_after_it_not_the_suites(tmp_path):
-    from bench.cli import _default_run_name
+    from bench.plan import default_run_name as _default_run_name
     from bench.suite import load_suite
 
     suite = load_suite("synthetic")

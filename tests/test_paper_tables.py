@@ -35,7 +35,7 @@ def _write(root, rows, run="r"):
 
 def _report(root, run, *extra, width=None):
     """stdout of `bench report --compare paper` (markdown unless a width asks for the terminal table)."""
-    import bench.cli as cli
+    import bench.report.printing as cli
 
     buffer = io.StringIO()
     saved = cli.out

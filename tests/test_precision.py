@@ -36,7 +36,7 @@ def test_a_bad_precision_is_one_line_at_planning(tmp_path):
 
 
 def test_bf16_rows_record_it_and_stay_close_to_fp32(fixture_root, one_thread):
-    from bench.trial import spec_fields
+    from bench.rows import spec_fields
 
     specs = {p: spec(fixture_root, "zeroshot", pretrained="bundled", precision=p) for p in ("fp32", "bf16")}
     rows = {p: run_trial(s) for p, s in specs.items()}

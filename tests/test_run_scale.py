@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from bench.intervals import PredictionScores, _cells, accuracy_intervals, cell_rng, gain_intervals, interval, \
+from bench.report.intervals import PredictionScores, _cells, accuracy_intervals, cell_rng, gain_intervals, interval, \
     label_column, Resampler
-from bench.report import accuracy_tables, gain_rows, load_rows
+from bench.report.tables import accuracy_tables, gain_rows, load_rows
 from bench.results import COMPACT, FAILED_SUFFIX, LAYOUT, RunFolder
 
 from fake_runs import write_fake_run
@@ -135,7 +135,7 @@ def test_intervals_drawn_at_once_equal_those_drawn_cell_by_cell(tmp_path, monkey
     rows = load_rows(str(tmp_path), "demo")
     ok = rows[rows.status == "ok"]
     gains = gain_rows(accuracy_tables(ok, 4)[4][0])
-    monkeypatch.setattr("bench.intervals._STACK", 5)  # several products per test set
+    monkeypatch.setattr("bench.report.intervals._STACK", 5)  # several products per test set
     scores = PredictionScores(folder.read_predictions, folder.prediction_batches)
     ci, acc = gain_intervals(ok, gains, scores), accuracy_intervals(ok, scores)
     cells = _cells(ok.assign(label=ok[label_column(ok)]))

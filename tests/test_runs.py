@@ -98,6 +98,28 @@ def test_ctrl_c_keeps_finished_trials_and_says_what_is_left(tmp_path):
     assert len(kept) >= 1 and set(kept.status) == {"ok"}
 
 
+def test_losing_the_local_ray_node_is_one_line_and_a_rerun_finishes(tmp_path):
+    import psutil
+
+    args = ["run", "--run", "lost", "--methods", "zeroshot", "--datasets", FOUR, "--seeds", "1,2,3", "--shots", "1",
+            *BASE]
+    proc = bench(*args, results=tmp_path, wait=False)
+    wait_for_rows(tmp_path, "lost", 1, proc)
+    for child in psutil.Process(proc.pid).children(recursive=True):
+        if "raylet" in " ".join(child.cmdline()):
+            child.kill()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert "the local Ray node stopped; run the same command again" in lines[-1]
+    assert len(lines) <= 14 and "Traceback" not in err  # no state dumps: they are in the run's log
+    assert (tmp_path / "lost" / "ray.log").is_file()
+    code, _, err = bench(*args, results=tmp_path)
+    assert code == 0, err
+    rows = rows_of(tmp_path, "lost")
+    assert len(rows) == 12 and rows.trial_id.is_unique and set(rows.status) == {"ok"}
+
+
 def test_a_second_process_on_the_same_run_is_refused(tmp_path):
     args = ["run", "--run", "shared", "--methods", "zeroshot", "--datasets", FOUR, "--seeds", "1,2", *BASE]
     first = bench(*args, results=tmp_path, wait=False)

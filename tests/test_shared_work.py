@@ -7,7 +7,7 @@ import torch
 
 from bench.fingerprint import fingerprinted
 from bench.spec import TrialSpec
-from bench.stage_order import StageOrder, stage_keys
+from bench.runner.stage_order import StageOrder, stage_keys
 from bench.trial import build_context, seed_everything
 
 

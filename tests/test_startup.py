@@ -81,7 +81,7 @@ def test_a_new_run_starts_its_ray_node_before_it_imports_torch(tmp_path):
     """The node's start (~3 s, mostly waiting on its processes) overlaps the driver's torch import and planning;
     the bad stack (two methods changing one part) ends the run in planning, after the start was asked for;
     a misspelt name ends it before (tests/test_cli.py)."""
-    code = ("import sys, bench.scheduler as s; seen = []; "
+    code = ("import sys, bench.runner.ray_tune as s; seen = []; "
             "s.start_local_ray = lambda: seen.append('torch' in sys.modules); "
             "from bench.cli import main; "
             f"code = main(['run', '--methods', 'coop+linear_probe', '--results', {str(tmp_path)!r}]); "

@@ -12,7 +12,8 @@ from torch.overrides import TorchFunctionMode
 from bench.methods._masking import apply_masks, masked_forward, select_masked
 from bench.plan import CPU_INFER_IMAGES
 from bench.spec import TrialSpec
-from bench.trial import build_context, measure_throughput
+from bench.trial import build_context
+from bench.evaluation import measure_throughput
 
 
 @pytest.fixture(scope="module")
@@ -71,9 +72,9 @@ def calls(clf, images) -> list[str]:
 
 
 def test_throughput_times_the_real_forward_without_the_warm_up_batch(ctx):
-    from bench import trial
+    from bench import evaluation
 
-    trial._WARMED.clear()  # a fresh process
+    evaluation._WARMED.clear()  # a fresh process
     counted = []
     clf = copy.deepcopy(ctx.clf)
     clf.register_forward_hook(lambda module, args, out: counted.append(len(args[0])))
@@ -108,7 +109,7 @@ def test_baked_masks_do_the_same_work_and_infer_as_fast_as_the_base(ctx):
 
 
 def test_every_stack_records_its_throughput_and_the_option_turns_it_off(tmp_path, fixture_root):
-    from bench.execute import execute_trial
+    from bench.trial import execute_trial
     from bench.plan import plan_trials
     from bench.results import RunFolder
     from bench.suite import Suite
@@ -138,7 +139,7 @@ def test_every_stack_records_its_throughput_and_the_option_turns_it_off(tmp_path
 def test_the_speed_figure_plots_accuracy_against_throughput():
     import pandas as pd
 
-    from bench.figures import report_figures, speed_points
+    from bench.report.figures import report_figures, speed_points
 
     rows = pd.DataFrame([
         {"stack": s, "label": s, "dataset": d, "shots": 16, "seed": 1, "status": "ok", "top1": acc + i,

@@ -11,11 +11,11 @@ import pytest
 
 from bench import BenchError
 from bench.context import TrialContext
-from bench.execute import execute_trial
+from bench.trial import execute_trial
 from bench.plan import plan_trials
 from bench.plugin import Search
 from bench.registry import get_method
-from bench.report import gain_rows, protocol_tables, selection_groups, table_rows
+from bench.report.tables import gain_rows, protocol_tables, selection_groups, table_rows
 from bench.results import RunFolder
 from bench.selection import SealedSplit, sealed_test
 from bench.spec import TrialSpec
@@ -78,7 +78,7 @@ def test_fixed_rows_keep_their_trial_ids_and_tuned_rows_get_their_own():
                          **kw)
     assert spec().trial_id == "2862fec5e2138bac"  # as before selections existed
     tuned = spec(selection="val-tuned", tuning={"cell": "c", "budget": 6, "settings": {"coop.lr": 0.01}})
-    assert tuned.trial_id != spec().trial_id and tuned.hyperparameters() == spec().hyperparameters()
+    assert tuned.trial_id != spec().trial_id and tuned.resolved.hyperparameters == spec().resolved.hyperparameters
 
 
 # -- the test split is sealed in a search --------------------------------------------------------------

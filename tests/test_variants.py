@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from bench.errors import BenchError
-from bench.execute import execute_trial
+from bench.trial import execute_trial
 from bench.plan import parse_sets, plan_trials
 from bench.registry import canonical_stack, define_variants, get_method, parse_stack
 from bench.results import RunFolder
@@ -106,7 +106,7 @@ def run_suite(suite: Suite, tmp_path, run: str, data_root=None, **plan) -> pd.Da
 
 
 def test_variants_run_stack_and_report_under_their_names(tmp_path, fixture_root):
-    from bench.report import accuracy_tables, gain_rows, table_rows
+    from bench.report.tables import accuracy_tables, gain_rows, table_rows
 
     suite = Suite(name="t", description="", datasets=["fixture"], shots=[2], seeds=[1],
                   methods=["zeroshot", "coop", "mask", "amt", "amt+coop"], pretrained="none", device="cpu",

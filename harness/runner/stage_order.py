@@ -5,16 +5,13 @@
 side by side, the second would hold a worker while it waits on the stage's lock. So a trial starts only
 when none of its stages is being learned by a running trial; the one that learns a stage is preferred
 (the shortest stack that has it, e.g. ``mask`` before ``coop+mask``), and its dependents start once it is
-done. :class:`StageAwareSearcher` puts this order into Ray Tune as a searcher.
+done. The serial executor follows this order; on Ray, ``ray_callbacks.StageAwareSearcher``.
 """
 from __future__ import annotations
 
 from typing import Iterable
 
-from ray.tune.search import Searcher
-
-from .registry import parse_stack
-from .spec import TrialSpec
+from ..spec import TrialSpec
 
 
 def stage_keys(spec: TrialSpec) -> list[str]:
@@ -22,7 +19,7 @@ def stage_keys(spec: TrialSpec) -> list[str]:
     if not spec.cache_dir:
         return []
     keys = []
-    for i, plugin in enumerate(parse_stack(spec.stack)):
+    for i, (plugin, _) in enumerate(spec.resolved.plugins):
         if not plugin.reusable():
             break
         keys.append(spec.stage_key(i))
@@ -66,26 +63,3 @@ class StageOrder:
             if learner == trial_id:
                 del self.learning[k]
                 self.learnt.add(k)  # learnt or failed: either way nobody waits on it any more
-
-
-class StageAwareSearcher(Searcher):
-    """Ray Tune searcher over a fixed list of trials, in :class:`StageOrder`."""
-
-    def __init__(self, specs: Iterable[TrialSpec], cpus: float):
-        super().__init__()
-        self.order = StageOrder(specs)
-        self.cpus = cpus
-        self.running: dict[str, str] = {}  # Tune's trial id -> bench trial id
-
-    def suggest(self, trial_id: str):
-        if self.order.finished:
-            return Searcher.FINISHED
-        spec = self.order.next()
-        if spec is None:
-            return None  # Tune asks again once a running trial completes
-        self.running[trial_id] = spec.trial_id
-        return {"spec": spec.to_dict(), "cpus": self.cpus}
-
-    def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
-        if trial_id in self.running:
-            self.order.done(self.running.pop(trial_id))

@@ -1,17 +1,22 @@
-"""The Tune callback behind `bench run`'s progress view (imported only once Ray's environment is set).
+"""Ray Tune's side of a run (imported only once Ray's environment is set): the searcher that hands trials out
+in stage order, and the callback behind `bench run`'s progress view.
 
 A trial sends two kinds of results through Tune's channel: progress results (``final`` false, a
 ``progress`` message) while it runs, and one final result (``final`` true) once its row is written.
 Only final results count towards the bar."""
 from __future__ import annotations
 
+from typing import Iterable
+
 import pyarrow.fs as pafs
 from ray import tune
+from ray.tune.search import Searcher
 
-from .errors import BenchError
+from ..errors import BenchError
+from ..results import RowWriteError, RunFolder
+from ..spec import TrialSpec
 from .live_view import RunProgress
-from .results import RowWriteError, RunFolder
-from .spec import TrialSpec
+from .stage_order import StageOrder
 
 
 class ProgressCallback(tune.Callback):
@@ -54,7 +59,7 @@ class ProgressCallback(tune.Callback):
         folder = self._folder(spec)
         try:
             if trial_id not in folder.done_ids():
-                from .execute import error_row
+                from ..rows import error_row
 
                 folder.write_row(error_row(spec, message, where))
         except RowWriteError as err:
@@ -97,6 +102,8 @@ class ProgressCallback(tune.Callback):
     def on_trial_recover(self, iteration, trials, trial, **info):
         trial_id, spec = self._spec(trial)
         self.bar.trial_ended(trial_id)  # back in the queue until Tune starts it again
+        if local_node_stopped(None):
+            return  # nowhere to reschedule: the run ends with one line that says so
         self.bar.console.print(f"trial {trial_id} ({spec.dataset}, {spec.shots}-shot, seed {spec.seed}, "
                                f"{spec.stack}): {_what_happened(trial)}; rescheduled "
                                f"(attempt {trial.num_failures + 1} of {trial.max_failures + 1})", highlight=False,
@@ -128,3 +135,34 @@ def _what_happened(trial) -> str:
         return "trial process died (killed, out of memory, or its node was lost)"
     cause = getattr(err, "cause", None) or err
     return f"trial raised {type(cause).__name__}: {str(cause).strip().splitlines()[-1][:300] if str(cause).strip() else ''}"
+
+
+class StageAwareSearcher(Searcher):
+    """Ray Tune searcher over a fixed list of trials, in :class:`StageOrder`."""
+
+    def __init__(self, specs: Iterable[TrialSpec], cpus: float):
+        super().__init__()
+        self.order = StageOrder(specs)
+        self.cpus = cpus
+        self.running: dict[str, str] = {}  # Tune's trial id -> bench trial id
+
+    def suggest(self, trial_id: str):
+        if self.order.finished:
+            return Searcher.FINISHED
+        spec = self.order.next()
+        if spec is None:
+            return None  # Tune asks again once a running trial completes
+        self.running[trial_id] = spec.trial_id
+        return {"spec": spec.to_dict(), "cpus": self.cpus}
+
+    def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
+        if trial_id in self.running:
+            self.order.done(self.running.pop(trial_id))
+
+
+def local_node_stopped(address: str | None) -> bool:
+    """Whether the Ray node this process started (none when it joined a cluster at ``address``) has stopped."""
+    import ray
+
+    node = getattr(ray._private.worker, "_global_node", None)  # None on a joined cluster's driver
+    return address is None and node is not None and node.is_head() and not node.remaining_processes_alive()

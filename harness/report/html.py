@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import __version__, atomic
+from .. import __version__, atomic
 from .figures import png_bytes
 from .intervals import label_column
 
@@ -71,21 +71,14 @@ def _figure(name: str, fig) -> str:
 def non_default_settings(rows: pd.DataFrame) -> dict[str, list[str]]:
     """Row label -> ``method.key=value`` for every setting that differs from the method's default for
     that dataset and shot count (all settings when the method is no longer installed)."""
-    from .plugin import config_dict
-    from .registry import get_method
+    from .tables import row_settings
 
     key = label_column(rows)
     out: dict[str, dict[str, None]] = {}
-    for row in rows.dropna(subset=["hparams"]).itertuples(index=False):
+    for row in rows.itertuples(index=False):
         found = out.setdefault(getattr(row, key), {})
-        for method, values in json.loads(row.hparams).items():
-            try:
-                default = config_dict(get_method(method).make_config(row.dataset, int(row.shots)))
-            except Exception:  # a plugin that no longer loads: show everything it recorded
-                default = {}
-            for name, value in values.items():
-                if name not in default or default[name] != value:
-                    found[f"{method}.{name}={json.dumps(value)}"] = None
+        for method, values in row_settings(row).items():
+            found.update({f"{method}.{name}={json.dumps(value)}": None for name, value in values.items()})
     return {label: list(settings) for label, settings in out.items()}
 
 

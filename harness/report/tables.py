@@ -8,9 +8,9 @@ import math
 
 import pandas as pd
 
-from .errors import BenchError
-from .results import RunFolder, list_runs
-from .selection import FIXED, ORACLE
+from ..errors import BenchError
+from ..results import RunFolder, list_runs
+from ..selection import FIXED, ORACLE
 
 SELECTION_ORDER = (FIXED, "val-tuned", ORACLE)
 
@@ -52,7 +52,7 @@ def infer_protocol(row) -> str:
 
 
 def _plugin(name: str):
-    from .registry import get_method
+    from ..registry import get_method
 
     try:
         return get_method(name)
@@ -61,7 +61,7 @@ def _plugin(name: str):
 
 
 def _canonical(stack: str) -> str:
-    from .registry import canonical_stack
+    from ..registry import canonical_stack
 
     try:
         return canonical_stack(stack)
@@ -69,7 +69,7 @@ def _canonical(stack: str) -> str:
         return stack
 
 
-def _settings(row) -> dict:
+def row_settings(row) -> dict:
     """A row's non-default settings; for rows written before the column existed, from ``hparams``."""
     if isinstance(row.settings, str) and row.settings:
         return json.loads(row.settings)
@@ -96,7 +96,7 @@ def _variant(row, stack: str) -> dict[str, str]:
     weights and precision."""
     several = "+" in stack
     chosen = json.loads(row.tuned) if isinstance(getattr(row, "tuned", None), str) else {}
-    out = {(f"{m}.{k}" if several else k): _value(v) for m, kv in _settings(row).items() for k, v in kv.items()
+    out = {(f"{m}.{k}" if several else k): _value(v) for m, kv in row_settings(row).items() for k, v in kv.items()
            if f"{m}.{k}" not in chosen}
     out["model"] = str(row.model)
     out["weights"] = str(row.pretrained)
@@ -171,7 +171,7 @@ def table_rows(rows: pd.DataFrame, current: dict[str, str] | None = None) -> tup
     if ok.empty:
         return ok.assign(label=pd.Series(dtype=object)), None
     if "variants" in ok:
-        from .registry import define_recorded_variants
+        from ..registry import define_recorded_variants
 
         define_recorded_variants(ok["variants"])
     ok["protocol"] = [infer_protocol(r) for r in ok[["protocol", "top1_new", "extras"]].itertuples(index=False)]
@@ -201,14 +201,14 @@ def table_rows(rows: pd.DataFrame, current: dict[str, str] | None = None) -> tup
 
 def metrics_of(rows: pd.DataFrame) -> list[tuple[str, str]]:
     """(column, caption) pairs the report shows, from the rows' protocol."""
-    from .protocols import PROTOCOLS
+    from ..protocols import PROTOCOLS
 
     seen = [PROTOCOLS[p] for p in dict.fromkeys(rows["protocol"]) if p in PROTOCOLS]
     return list(dict.fromkeys(m for p in seen for m in p.metrics)) or [("top1", "top-1 (%)")]
 
 
 def _dataset_order(rows: pd.DataFrame) -> list[str]:
-    from .suite import builtin_suites, load_suite
+    from ..suite import builtin_suites, load_suite
 
     present = list(dict.fromkeys(rows["dataset"]))
     suite = rows["suite"].dropna().iloc[0] if rows["suite"].notna().any() else None
@@ -342,7 +342,7 @@ def paper_comparisons(rows: pd.DataFrame, mean: pd.DataFrame, shots: int, metric
     protocol and metric. A label is compared only where its rows match what a published number describes:
     OpenAI weights, a published model, and the settings it was published with (``{}``: plugin defaults);
     each other label gets a reason instead. Labels are grouped by their model."""
-    from .published import compare, load_published, normalise_backbone
+    from ..published import compare, load_published, normalise_backbone
 
     ok = rows if "label" in rows else table_rows(rows)[0]
     ok = ok[ok["shots"] == shots]
@@ -355,7 +355,7 @@ def paper_comparisons(rows: pd.DataFrame, mean: pd.DataFrame, shots: int, metric
     for label in mean.index:
         mine = ok[ok["label"] == label]
         first = mine.iloc[0]
-        stacks[label], settings[label] = first["stack"], _settings(first)
+        stacks[label], settings[label] = first["stack"], row_settings(first)
         models = {normalise_backbone(str(m)) for m in mine["model"]}
         weights = {w if isinstance(w, str) and w else "unknown" for w in mine["pretrained"]}
         if weights != {"openai"}:

@@ -1,12 +1,12 @@
 """Ray Tune scheduling: one function trial per TrialSpec; in the terminal the overall bar and the running
 trials with their latest progress message (harness.live_view).
 
-The trainable writes its own Parquet row (harness.execute), so results never depend on Tune's state;
+The trainable writes its own Parquet row (bench.trial), so results never depend on Tune's state;
 Tune's files live under ``<run>/tune`` for debugging only.
 
 On a cluster a trial whose process or node dies (a lost worker node, an out-of-memory kill) is
 rescheduled by Tune on any node with room, up to ``MAX_RETRIES`` times; after that it becomes an error
-row and the run exits non-zero. Local paths in the specs are made absolute before they are shipped, so
+row and the run exits non-zero. Local paths in the specs are absolute (planning makes them so), so
 every node reads the same data and writes to the same results path.
 
 While a trial runs, the messages its method sends (``ctx.progress``) go to the trial's ``log.txt`` and, at
@@ -16,10 +16,13 @@ marked ``final``.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import logging
 import os
+import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -27,10 +30,10 @@ from typing import Any
 
 from rich.console import Console
 
-from .errors import BenchError
+from ..errors import BenchError
+from ..results import RowWriteError, RunFolder
+from ..spec import TrialSpec
 from .live_view import RunProgress
-from .results import RowWriteError, RunFolder
-from .spec import TrialSpec
 
 MAX_RETRIES = 2  # restarts of a trial whose process or node died, before it is recorded as lost
 PROGRESS_EVERY_S = 1.0  # default of $BENCH_PROGRESS_EVERY_S
@@ -49,8 +52,8 @@ def _trainable(config: dict[str, Any], progress_every_s: float = PROGRESS_EVERY_
     import torch
     from ray import tune
 
-    from .execute import execute_trial
-    from .tune import epoch_reporter
+    from ..trial import execute_trial
+    from ..tune import epoch_reporter
 
     torch.set_num_threads(max(1, int(config["cpus"])))
     where = _this_node()
@@ -98,15 +101,6 @@ def _this_node() -> dict[str, str]:
     import ray
 
     return {"node_id": ray.get_runtime_context().get_node_id(), "node_ip": ray.util.get_node_ip_address()}
-
-
-def _absolute_paths(spec: TrialSpec) -> TrialSpec:
-    """Local paths resolved on the driver: a worker on another node has another working directory."""
-    def absolute(path: str | None) -> str | None:
-        return path if path is None or "://" in path else str(Path(path).expanduser().resolve())
-
-    return dataclasses.replace(spec, results=absolute(spec.results), data_root=absolute(spec.data_root),
-                               cache_dir=absolute(spec.cache_dir))
 
 
 def _prepare_env(address: str | None) -> None:
@@ -217,6 +211,58 @@ def _init_ray(address: str | None) -> None:
         _start_local()
 
 
+@contextlib.contextmanager
+def _ray_output_to(path: Path, console: Console):
+    """While Tune runs, what Ray's processes write straight to this process's stderr (state dumps when a node
+    dies, warnings) goes to ``path``; bench's view and messages keep the terminal."""
+    if console.file is not sys.__stderr__ or sys.__stderr__ is None:  # a console of its own (tests, pipes)
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    terminal = os.fdopen(os.dup(saved), "w", buffering=1)
+    with open(path, "a") as log:
+        os.dup2(log.fileno(), 2)
+        console.file = terminal
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            console.file = None  # back to the process's stderr
+            terminal.close()
+
+
+def _node_stopped(log: Path) -> str:
+    return f"the local Ray node stopped; run the same command again (finished trials are kept; Ray's messages: {log})"
+
+
+@contextlib.contextmanager
+def _watch_local_node(address: str | None, console: Console, log: Path):
+    """When the Ray node this process started stops (its raylet killed, out of memory), Ray's core worker ends
+    this process within seconds, with nothing said. A watcher says it first, in one line, and ends the
+    process itself: every row written so far is complete (rows are written atomically) and a rerun resumes."""
+    from .ray_callbacks import local_node_stopped
+
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(0.5):
+            if local_node_stopped(address):
+                console.print(f"[bold red]error:[/] {_node_stopped(log)}", highlight=False, soft_wrap=True)
+                console.file.flush()
+                os._exit(1)
+
+    if address is None:
+        threading.Thread(target=watch, name="bench-node-watch", daemon=True).start()
+    try:
+        yield
+    finally:
+        done.set()
+
+
 class _DropTrialTaskFailures(logging.Filter):
     """Tune logs the driver-side traceback of every dead trial process, which says nothing about the
     trial; bench prints one line per reschedule instead, and the error row says what happened.
@@ -240,7 +286,6 @@ def run_with_ray(specs: list[TrialSpec], *, address: str | None = None, cpus_per
     console = console or Console(stderr=True)
     if not specs:
         return {"ok": 0, "error": 0, "lost": 0}
-    specs = [_absolute_paths(s) for s in specs]
     folder = RunFolder(specs[0].results, specs[0].run)
     _init_ray(address)
     tune_log = logging.getLogger("ray.tune.execution.tune_controller")
@@ -252,13 +297,13 @@ def run_with_ray(specs: list[TrialSpec], *, address: str | None = None, cpus_per
     with RunProgress(console) as bar:
         task = bar.add_task(f"run {folder.run}", total=len(specs), failed=0)
 
-        from .tune_progress import ProgressCallback
+        from .ray_callbacks import ProgressCallback, local_node_stopped
 
         callback = ProgressCallback(bar, task, folder, counts)
         storage = Path(folder.root) / "tune" if folder.is_local else Path.home() / "ray_results" / "bench"
         fn = tune.with_resources(tune.with_parameters(_trainable, progress_every_s=_progress_every_s()),
                                  {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
-        from .stage_order import StageAwareSearcher
+        from .ray_callbacks import StageAwareSearcher
 
         tuner = tune.Tuner(
             fn,
@@ -271,6 +316,44 @@ def run_with_ray(specs: list[TrialSpec], *, address: str | None = None, cpus_per
                                       callbacks=[callback, *callbacks],
                                       failure_config=tune.FailureConfig(max_failures=MAX_RETRIES)),
         )
-        tuner.fit()
+        log = Path(folder.root) / "ray.log" if folder.is_local else Path(tempfile.gettempdir()) / "bench-ray.log"
+        with _ray_output_to(log, console), _watch_local_node(address, console, log):
+            try:
+                tuner.fit()
+            except Exception:
+                if not local_node_stopped(address):
+                    raise
+            if local_node_stopped(address):
+                raise BenchError(_node_stopped(log))
     callback.raise_problems()
     return counts
+
+
+@dataclasses.dataclass
+class RayExecutor:
+    """Ray Tune: each trial a Tune trial holding its CPUs and GPUs, on this machine's node or the cluster at
+    ``address`` (bench.runner.Executor)."""
+
+    address: str | None = None
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    max_concurrent: int | None = None
+    console: Console | None = None
+
+    def __call__(self, specs: list[TrialSpec], *, scheduler=None, callbacks=()) -> dict[str, int]:
+        return run_with_ray(specs, address=self.address, cpus_per_trial=self.cpus_per_trial,
+                            gpus_per_trial=self.gpus_per_trial, max_concurrent=self.max_concurrent,
+                            console=self.console, scheduler=scheduler, callbacks=callbacks)
+
+
+def exit_now(code: int) -> None:
+    """End the process without the interpreter's teardown, which with torch and Ray loaded takes seconds
+    and does nothing for the results: every row is written and closed by now, and Ray is stopped first."""
+    stop_ray()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except OSError:  # e.g. a pipe its reader closed
+            pass
+    os._exit(code)

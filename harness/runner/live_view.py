@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.table import Table
 from rich.text import Text
 
-from .spec import TrialSpec
+from ..spec import TrialSpec
 
 MAX_ROWS = 12  # running trials listed under the bar; the rest are counted
 PLAIN_EVERY_S = 30.0

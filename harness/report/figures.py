@@ -20,10 +20,10 @@ from matplotlib import colormaps
 from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 
-from .errors import BenchError
+from ..errors import BenchError
 from .intervals import PredictionScores, accuracy_intervals, gain_intervals, label_column
-from .registry import get_method, methods
-from .report import _dataset_order, _label_order as _stack_order, _split_stack, accuracy_tables, gain_rows
+from ..registry import get_method, methods
+from .tables import _dataset_order, _label_order as _stack_order, _split_stack, accuracy_tables, gain_rows
 
 MARKERS = "osD^vP*Xh<>pd"
 _GREY = (0.35, 0.35, 0.35)
