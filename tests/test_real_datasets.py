@@ -472,7 +472,6 @@ def test_shift_label_maps(tmp_path):
 
     logits = torch.tensor([[0.0, 5.0, 9.0, 1.0], [0.0, 1.0, 9.0, 3.0]])
     assert m.select(logits).argmax(-1).tolist() == [0, 1]  # class 2 (not in -A) is ignored
-    assert m.to_source([0, 1]) == [1, 3] and m.to_source(torch.tensor([1, 0])).tolist() == [3, 1]
     moved = relabel_to_source(a, m, inet)
     assert {d.label for d in moved.test} == {1, 3} and moved.classnames == inet.classnames
     v2 = get_dataset("imagenet_v2").read(tmp_path)

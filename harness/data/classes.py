@@ -83,15 +83,6 @@ class LabelMap:
         """Source-space logits [..., C_source] -> target-space logits [..., C_target] (column subset)."""
         return logits[..., list(self.source_labels)]
 
-    def to_source(self, labels):
-        """Target labels -> source labels (a list, or anything indexable by a tensor/array of labels)."""
-        table = list(self.source_labels)
-        if isinstance(labels, (list, tuple)):
-            return [table[y] for y in labels]
-        import torch
-
-        return torch.as_tensor(table, device=getattr(labels, "device", None))[labels]
-
 
 def _class_keys(splits: DatasetSplits) -> dict[int, str]:
     """label -> name of the folder its images sit in (a wnid for ImageNet and -Sketch/-A/-R)."""
