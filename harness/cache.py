@@ -12,13 +12,14 @@ import hashlib
 import json
 import os
 import shutil
-import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 from filelock import FileLock
 from safetensors.torch import load_file, save_file
+
+from . import atomic
 
 
 def default_cache_dir() -> str:
@@ -91,10 +92,8 @@ class FeatureCache:
     def put(self, key: str, features: torch.Tensor) -> None:
         path = self.path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".tmp-{uuid.uuid4().hex}")
-        save_file({"features": features.contiguous().cpu()}, str(tmp))
-        with key_lock(path):
-            os.replace(tmp, path)
+        with key_lock(path), atomic.writing(path) as tmp:
+            save_file({"features": features.contiguous().cpu()}, tmp)
         note_use(self.base, self.run, path)
 
 
@@ -121,23 +120,13 @@ class StageCache:
     def publish(self, key: str, fill) -> Path:
         """Build the stage in a temporary folder with ``fill(tmp)``, then rename it into place."""
         folder = self.folder(key)
-        tmp = folder.with_name(f".tmp-{key}-{uuid.uuid4().hex}")
-        tmp.mkdir(parents=True)
-        try:
+        with atomic.folder(folder) as tmp:
             fill(tmp)
-            if folder.exists():
-                shutil.rmtree(folder)
-            os.replace(tmp, folder)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         note_use(self.base, self.run, folder)
         return folder
 
 
 # -- what the cache holds, and pruning it -------------------------------------------------------------------
-KINDS = {"features": "features", "stages": "stages"}  # folder -> kind; anything else is listed as "other"
-
-
 def entries(root: str | Path) -> list[tuple[str, Path, int, float]]:
     """(kind, path, bytes, last used) of every entry: a feature file, or a stage folder."""
     root = Path(root)
@@ -147,7 +136,7 @@ def entries(root: str | Path) -> list[tuple[str, Path, int, float]]:
             st = path.stat()
             out.append(("features", path, st.st_size, st.st_mtime))
     for path in sorted((root / "stages").glob("*")):
-        if path.is_dir() and not path.name.startswith(".tmp-"):
+        if path.is_dir() and not path.name.startswith(atomic.TEMP_PREFIX):
             with contextlib.suppress(OSError):
                 size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
                 out.append(("stages", path, size, path.stat().st_mtime))

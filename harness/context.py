@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from .cache import FeatureCache, digest, items_fingerprint
@@ -34,6 +33,9 @@ class ImageList(Dataset):
         if self.decoded is not None:
             self.decoded[d.path] = image
         return self.transform(image), d.label
+
+
+PROMPTS_PER_PASS = 8192  # text_weights encodes up to this many prompts at once (ImageNet's 7-prompt ensemble: 7000)
 
 
 def prompt_classname(name: str) -> str:
@@ -108,18 +110,23 @@ class TrialContext:
     @torch.no_grad()
     def text_weights(self, classnames: Sequence[str] | None = None, templates: Sequence[str] | None = None,
                      lower: bool = False) -> torch.Tensor:
-        """L2-normalised class text embeddings [C, D]: per template normalise, average, re-normalise.
+        """L2-normalised class text embeddings [C, D] (float32): per template normalise, average, re-normalise,
+        by open_clip's ``build_zero_shot_classifier``.
 
-        ``templates`` defaults to the dataset's (its single prompt, or the ensemble it declares)."""
-        classnames = classnames or self.data.classnames
-        templates = templates or self.data.templates
-        per_template = []
-        for template in templates:
-            texts = [template.format(prompt_classname(c).lower() if lower else prompt_classname(c))
-                     for c in classnames]
-            emb = self.model.encode_text(self.tokenizer(texts).to(self.device))
-            per_template.append(F.normalize(emb.float(), dim=-1))
-        return F.normalize(torch.stack(per_template).mean(0), dim=-1)
+        ``templates`` defaults to the dataset's (its single prompt, or the ensemble it declares). Every prompt
+        is encoded in one pass (one batch of C prompts for a single template, as before open_clip's builder
+        was used, so the weights are the same to the bit; C x T for an ensemble), in batches of whole classes
+        only beyond ``PROMPTS_PER_PASS`` prompts."""
+        from open_clip.zero_shot_classifier import build_zero_shot_classifier
+
+        names = [prompt_classname(c).lower() if lower else prompt_classname(c)
+                 for c in (classnames or self.data.classnames)]
+        templates = list(templates or self.data.templates)
+        one_pass = len(names) * len(templates) <= PROMPTS_PER_PASS
+        per_pass = None if one_pass else max(1, PROMPTS_PER_PASS // len(templates))
+        weights = build_zero_shot_classifier(self.model, self.tokenizer, names, templates,
+                                             num_classes_per_batch=per_pass, device=self.device)
+        return weights.T.float().contiguous()
 
     # -- images --------------------------------------------------------------------------------
     def test_transform(self):

@@ -10,6 +10,7 @@ import typer
 from rich import box
 from rich.table import Table
 
+from . import atomic
 from .errors import BenchError
 
 data_app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -71,7 +72,7 @@ def split(
     if out.is_dir():
         raise BenchError(f"--out {out} is a folder; give a file name, e.g. {out / 'split.json'}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text + "\n")
+    atomic.write_text(out, text + "\n")
     _err.print(f"wrote {out}: {len(result['train'])} train, {len(result['val'])} val images")
 
 

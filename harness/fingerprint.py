@@ -20,6 +20,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from . import atomic
 from .data.catalog import get_dataset
 from .data.fewshot import fewshot_split
 from .errors import BenchError
@@ -192,8 +193,6 @@ def _write_memo(memo: Path | None, known: dict[str, str]) -> None:
         return
     try:
         memo.parent.mkdir(parents=True, exist_ok=True)
-        tmp = memo.with_name(f".{memo.name}.{os.getpid()}")
-        tmp.write_text(json.dumps(known, sort_keys=True))
-        os.replace(tmp, memo)
+        atomic.write_text(memo, json.dumps(known, sort_keys=True))
     except OSError:
         pass  # only a memo: the hash is recomputed next time

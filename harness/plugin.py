@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import json
 from pathlib import Path
 import types
 import typing
@@ -217,10 +216,6 @@ class Method:
 
 def config_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
-
-
-def config_json(config: Any) -> str:
-    return json.dumps(config_dict(config), sort_keys=True)
 
 
 _TRUE = {"true", "1", "yes", "on"}

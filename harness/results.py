@@ -17,7 +17,6 @@ before the row is written; the run lock is a local file (see ``RunFolder.lock``)
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -33,7 +32,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+from filelock import FileLock, Timeout
 
+from . import atomic
 from .errors import BenchError
 
 SCHEMA_VERSION = 2
@@ -188,10 +189,11 @@ class RunFolder:
     def lock(self):
         """Hold the run for one `bench run` process; a second one is refused with a clear message.
 
-        The lock is released by the OS when its holder dies (even by kill -9), and whoever takes it next
-        removes the temporary files of trials that died mid-write. Object stores have no such lock: the
-        lock file is local (``$BENCH_CACHE/locks``), so two `bench run` of one run on the same machine are
-        refused, while on two machines both would run (rows stay one object per trial id, last one wins).
+        The lock (a ``filelock`` on ``<run>/.lock``; the holder's pid in ``.lock.pid`` beside it) is released
+        by the OS when its holder dies (even by kill -9), and whoever takes it next removes the temporary
+        files of trials that died mid-write. Object stores have no such lock: the lock file is local
+        (``$BENCH_CACHE/locks``), so two `bench run` of one run on the same machine are refused, while on two
+        machines both would run (rows stay one object per trial id, last one wins).
         """
         if self.is_local:
             path = Path(self.root) / ".lock"
@@ -200,26 +202,24 @@ class RunFolder:
 
             path = Path(default_cache_dir()) / "locks" / f"{hashlib.sha256(self.location.encode()).hexdigest()[:32]}.lock"
             path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a+") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                handle.seek(0)
-                holder = handle.read().strip() or "?"
-                raise BenchError(f"run '{self.run}' is in use by another `bench run` (pid {holder}); wait for "
-                                 "it to finish or choose another --run") from None
-            handle.seek(0)
-            handle.truncate()
-            handle.write(str(os.getpid()))
-            handle.flush()
+        lock, holder_file = FileLock(path, timeout=0), path.with_name(f"{path.name}.pid")
+        try:
+            lock.acquire()
+        except Timeout:
+            holder = _read_text(holder_file) or "?"
+            raise BenchError(f"run '{self.run}' is in use by another `bench run` (pid {holder}); wait for "
+                             "it to finish or choose another --run") from None
+        try:
+            atomic.write_text(holder_file, str(os.getpid()))
             if self.is_local:
-                for stale in [*Path(self.trials).glob(".tmp-*"), *Path(self.root).glob(".tmp-*")]:
-                    stale.unlink(missing_ok=True)
+                for where in (self.trials, self.predictions, self.root):
+                    for stale in Path(where).glob(f"{atomic.TEMP_PREFIX}*"):
+                        stale.unlink(missing_ok=True)
             self._io("write", self._name_failed_rows)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+            yield
+        finally:
+            holder_file.unlink(missing_ok=True)
+            lock.release()
 
     def write_row(self, row: dict[str, Any]) -> None:
         """Write one trial's row; raises ``RowWriteError`` (one line) when the store refuses it. The row
@@ -229,19 +229,9 @@ class RunFolder:
         table = pa.Table.from_pylist([{k: row.get(k) for k in columns.names}], schema=columns)
         ok = row.get("status") == "ok"
         final, other = (self.row_path(row["trial_id"], status) for status in (ok, not ok))
-        if self.is_local:
-            tmp = f"{self.trials}/.tmp-{row['trial_id']}-{uuid.uuid4().hex}.parquet"
-            pq.write_table(table, tmp, filesystem=self.fs)
-            self.fs.move(tmp, final)  # a rename on local and shared file systems: atomic
-            Path(other).unlink(missing_ok=True)
-            return
-        sink = pa.BufferOutputStream()
-        pq.write_table(table, sink)
-        data = sink.getvalue()
 
-        def put() -> None:
-            with self.fs.open_output_stream(final) as out:  # buffered until close: one PUT of the whole row
-                out.write(data)
+        def put() -> None:  # local: written beside and renamed; object store: one PUT of the whole row
+            atomic.write_table(final, table, self.fs)
             with contextlib.suppress(FileNotFoundError):
                 self.fs.delete_file(other)
 
@@ -264,9 +254,7 @@ class RunFolder:
     def write_predictions(self, trial_id: str, table: pa.Table) -> None:
         """Keep a trial's test predictions (atomically, like rows); written before its row."""
         self.fs.create_dir(self.predictions, recursive=True)
-        tmp = f"{self.predictions}/.tmp-{trial_id}-{uuid.uuid4().hex}.parquet"
-        pq.write_table(table, tmp, filesystem=self.fs)
-        self.fs.move(tmp, f"{self.predictions}/{trial_id}.parquet")
+        atomic.write_table(f"{self.predictions}/{trial_id}.parquet", table, self.fs)
 
     def read_predictions(self, trial_id: str) -> pd.DataFrame | None:
         """A trial's test predictions, or None for trials that did not keep them."""
@@ -360,15 +348,7 @@ class RunFolder:
 
     def _publish(self, local: str) -> None:
         """Put the staged compacted file in place in one step: a rename, or one upload of the whole file."""
-        final = f"{self.root}/{COMPACT}"
-        if self.is_local:
-            tmp = f"{self.root}/.tmp-{uuid.uuid4().hex}-{COMPACT}"
-            shutil.copyfile(local, tmp)
-            self.fs.move(tmp, final)
-            return
-        data = Path(local).read_bytes()
-        with self.fs.open_output_stream(final) as out:
-            out.write(data)
+        atomic.put_file(local, f"{self.root}/{COMPACT}", self.fs)
 
     def _kept_predictions(self) -> set[str]:
         listed = self.fs.get_file_info(pafs.FileSelector(self.predictions, allow_not_found=True))
@@ -468,8 +448,9 @@ class RunFolder:
         return self.fs.get_file_info(f"{self.root}/{LAYOUT}").type == pafs.FileType.File
 
     def _record_layout(self) -> None:
-        with self.fs.open_output_stream(f"{self.root}/{LAYOUT}") as out:
-            out.write(json.dumps({"ok_rows": "<trial_id>.parquet", "failed_rows": f"<trial_id>{FAILED_SUFFIX}"}).encode())
+        atomic.write_text(f"{self.root}/{LAYOUT}",
+                          json.dumps({"ok_rows": "<trial_id>.parquet", "failed_rows": f"<trial_id>{FAILED_SUFFIX}"}),
+                          self.fs)
 
     def _name_failed_rows(self) -> None:
         """Give the failed rows of a run written before they had a name of their own that name, once."""
@@ -500,6 +481,13 @@ class RunFolder:
 
 class RowWriteError(BenchError):
     """The object store refused a read or a write (unreachable, no credentials, no bucket)."""
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""
 
 
 def _first_line(err: Exception) -> str:

@@ -61,7 +61,6 @@ from bench.plugin import AtLeastOne, NonNegative, Positive, Range
 from ._training import amp_dtype, optimizer_step, train_epochs
 
 PROJECTIONS = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "out_proj"}
-ADAPTER_FOLDER = "lora"
 
 
 class SplitAttention(nn.Module):

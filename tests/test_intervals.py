@@ -12,12 +12,17 @@ from bench.cli import main
 from bench.data.catalog import load_fewshot
 from bench.trial import execute_trial
 from bench.fingerprint import fingerprinted
-from bench.report.intervals import PredictionScores, bootstrap, gain_intervals, paired_gain, replicates
+from bench.report.intervals import PredictionScores, bootstrap, gain_intervals, replicates
 from bench.report.tables import accuracy_tables, gain_rows, load_rows
 from bench.results import RunFolder
 from bench.spec import TrialSpec
 
 from fake_runs import write_fake_run
+
+
+def paired_gain(correct_a, correct_b, seed: int = 0):
+    """Interval of acc(A) - acc(B) (points) from both stacks' per-image correctness [seeds, images]."""
+    return bootstrap(np.asarray(correct_a, float) - np.asarray(correct_b, float), seed=seed)
 
 
 def correct(n: int, acc: float, seed: int, seeds: int = 1) -> np.ndarray:

@@ -7,10 +7,11 @@ import re
 import pandas as pd
 import pytest
 
-from bench.data.real import FEWSHOT11
+from bench.data.real import REAL
 from bench.errors import BenchError
 from bench.published import COLUMNS, compare, csv_path, load_published, published_cells
 
+FEWSHOT11 = [n for n, info in REAL.items() if info.role == "fewshot"]
 PROJECT_DATASETS = set(FEWSHOT11) | {"average", "imagenet_v2", "imagenet_sketch", "imagenet_a", "imagenet_r"}
 
 

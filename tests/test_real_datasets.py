@@ -41,6 +41,8 @@ def _json_dataset(root: Path, folder: str, image_dir: str, split_file: str, clas
     return root / folder
 
 
+FEWSHOT11 = tuple(n for n, info in real.REAL.items() if info.role == "fewshot")
+
 # Real folder / file names of each dataset (as in CoOp's split files).
 JSON_FIXTURES = {
     "caltech101": ("caltech-101", "101_ObjectCategories", "split_zhou_Caltech101.json",
@@ -174,7 +176,7 @@ def test_prompt_templates_and_folders_follow_coop():
         ds = get_dataset(name)
         assert (ds.folder, ds.template) == (folder, template), name
     assert get_dataset("stanford_cars").paths_relative_to_folder
-    assert len(real.FEWSHOT11) == 11 and len(real.SHIFT_TARGETS) == 4
+    assert len(FEWSHOT11) == 11 and len(real.SHIFT_TARGETS) == 4
 
 
 def test_stanford_cars_paths_are_relative_to_the_dataset_folder(tmp_path):
@@ -246,9 +248,6 @@ def test_classname_rules():
     assert real.caltech_classname("Leopards/image_0001.jpg") == "leopard"
     assert real.caltech_classname("crocodile_head/image_0001.jpg") == "crocodile_head"
     assert real.pets_classname("american_pit_bull_terrier_103.jpg") == "american_pit_bull_terrier"
-    assert real.sun397_classname_from_entry("/a/apartment_building/outdoor") == "outdoor apartment_building"
-    assert real.ucf101_action_name("ApplyEyeMakeup") == "Apply_Eye_Makeup"
-    assert real.cars_classname("Tesla Model S Sedan 2012") == "2012 Tesla Model S Sedan"
     assert real.eurosat_classname("HerbaceousVegetation/x.jpg") == "Herbaceous Vegetation Land"
     assert len(real.EUROSAT_NAMES) == 10
 
@@ -473,7 +472,6 @@ def test_shift_label_maps(tmp_path):
 
     logits = torch.tensor([[0.0, 5.0, 9.0, 1.0], [0.0, 1.0, 9.0, 3.0]])
     assert m.select(logits).argmax(-1).tolist() == [0, 1]  # class 2 (not in -A) is ignored
-    assert m.to_source([0, 1]) == [1, 3] and m.to_source(torch.tensor([1, 0])).tolist() == [3, 1]
     moved = relabel_to_source(a, m, inet)
     assert {d.label for d in moved.test} == {1, 3} and moved.classnames == inet.classnames
     v2 = get_dataset("imagenet_v2").read(tmp_path)
@@ -499,7 +497,7 @@ def test_real_suites_load(name):
     for ds in [*s.datasets, *s.shift_targets]:
         get_dataset(ds)
     if name == "fewshot11":
-        assert s.datasets == list(real.FEWSHOT11) and s.shots == [1, 2, 4, 8, 16]
+        assert s.datasets == list(FEWSHOT11) and s.shots == [1, 2, 4, 8, 16]
         assert {"zeroshot", "mask", "coop+mask", "tip_adapter_f+mask"} <= set(s.methods)
     if name == "base2new":
         assert s.protocol == "base2new" and s.shots == [16]

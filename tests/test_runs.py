@@ -123,7 +123,7 @@ def test_losing_the_local_ray_node_is_one_line_and_a_rerun_finishes(tmp_path):
 def test_a_second_process_on_the_same_run_is_refused(tmp_path):
     args = ["run", "--run", "shared", "--methods", "zeroshot", "--datasets", FOUR, "--seeds", "1,2", *BASE]
     first = bench(*args, results=tmp_path, wait=False)
-    lock = tmp_path / "shared" / ".lock"
+    lock = tmp_path / "shared" / ".lock.pid"  # the holder's pid, beside the lock
     start = time.time()
     while not (lock.exists() and lock.read_text().strip()):
         assert time.time() - start < 60 and first.poll() is None

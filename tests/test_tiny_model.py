@@ -74,3 +74,48 @@ def test_zero_shot_colour_well_above_chance(tiny):
     logits = torch.nn.functional.normalize(feats, dim=-1) @ torch.nn.functional.normalize(text, dim=-1).T
     acc = (logits.argmax(1) == torch.from_numpy(labels)).float().mean().item()
     assert acc > 0.6, f"zero-shot colour accuracy {acc:.2f} (chance 0.10)"
+
+
+@pytest.mark.parametrize("lower", [False, True])
+def test_text_weights_are_open_clips_classifier_and_equal_the_explicit_computation(tiny, one_thread, lower):
+    """TrialContext.text_weights (open_clip's build_zero_shot_classifier) equals, to the bit, per template
+    normalise, average over templates, re-normalise, with one batch of every class per template."""
+    import types
+
+    import torch.nn.functional as F
+
+    from bench.context import TrialContext
+    from bench.data.templates import IMAGENET_TEMPLATES_SELECT
+
+    model, _, tokenizer = tiny
+    classnames = ["Red_Car", "green", "Blue_sky", "yellow", "black_and_white"]
+    ctx = TrialContext(spec=None, clf=types.SimpleNamespace(model=model), tokenizer=tokenizer,
+                       data=types.SimpleNamespace(classnames=classnames, templates=("a photo of a {}.",)),
+                       device=torch.device("cpu"), image_size=32)
+    names = [c.replace("_", " ") for c in classnames]
+    names = [n.lower() for n in names] if lower else names
+    for templates in (("a photo of a {}.",), IMAGENET_TEMPLATES_SELECT):
+        with torch.no_grad():
+            per_template = [F.normalize(model.encode_text(tokenizer([t.format(n) for n in names])).float(), dim=-1)
+                            for t in templates]
+        explicit = F.normalize(torch.stack(per_template).mean(0), dim=-1)
+        got = ctx.text_weights(templates=templates, lower=lower)
+        assert got.shape == (len(classnames), explicit.shape[1]) and got.is_contiguous()
+        assert torch.equal(got, explicit), templates
+    assert torch.equal(ctx.text_weights(lower=lower), ctx.text_weights(classnames, ["a photo of a {}."], lower))
+
+
+def test_text_weights_batch_whole_classes_beyond_one_pass(tiny, one_thread, monkeypatch):
+    import types
+
+    import bench.context
+    from bench.context import TrialContext
+    from bench.data.templates import IMAGENET_TEMPLATES_SELECT
+
+    model, _, tokenizer = tiny
+    data = types.SimpleNamespace(classnames=["red", "green", "blue"], templates=IMAGENET_TEMPLATES_SELECT)
+    ctx = TrialContext(spec=None, clf=types.SimpleNamespace(model=model), tokenizer=tokenizer, data=data,
+                       device=torch.device("cpu"), image_size=32)
+    whole = ctx.text_weights()
+    monkeypatch.setattr(bench.context, "PROMPTS_PER_PASS", 14)  # two classes of 7 prompts a pass
+    torch.testing.assert_close(ctx.text_weights(), whole, atol=1e-6, rtol=0)

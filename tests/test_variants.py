@@ -42,7 +42,7 @@ def test_amt_is_mask_with_gdr_off_under_its_own_name():
         parse_stack("mask+amt")
 
 
-def test_variant_definitions_are_checked():
+def test_define_variants_checks_each_definition():
     define_variants({"vt_same": {"method": "mask", "mlp": True}})
     define_variants({"vt_same": {"method": "mask", "mlp": True}})  # the same again: fine
     define_variants({"amt": {"method": "mask", "gdr": False}})  # the built-in one, without its description

@@ -23,6 +23,21 @@ from .splits import DatasetSplits, Datum
 _WNID = re.compile(r"^n\d{8}$")
 
 
+def read_classnames(path: Path, key: str, fix: str) -> dict[str, str]:
+    """A class-name file (``classnames.txt``): lines ``<key> <class name with spaces>`` -> {key: name}, in
+    file order; blank lines and lines starting with '#' are skipped. A line without a name is refused with
+    ``fix`` as the remedy."""
+    out: dict[str, str] = {}
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        name, _, cname = line.strip().partition(" ")
+        if not cname.strip():
+            raise BenchError(f"{path} line {i} is not '<{key}> <class name>'; {fix}")
+        out[name] = cname.strip()
+    return out
+
+
 def split_labels(labels: list[int] | set[int], which: str) -> list[int]:
     """The sorted labels of one half: base = first ceil(C/2), new = the rest (CoCoOp)."""
     ordered = sorted(set(labels))
@@ -67,15 +82,6 @@ class LabelMap:
     def select(self, logits):
         """Source-space logits [..., C_source] -> target-space logits [..., C_target] (column subset)."""
         return logits[..., list(self.source_labels)]
-
-    def to_source(self, labels):
-        """Target labels -> source labels (a list, or anything indexable by a tensor/array of labels)."""
-        table = list(self.source_labels)
-        if isinstance(labels, (list, tuple)):
-            return [table[y] for y in labels]
-        import torch
-
-        return torch.as_tensor(table, device=getattr(labels, "device", None))[labels]
 
 
 def _class_keys(splits: DatasetSplits) -> dict[int, str]:

@@ -38,13 +38,14 @@ import json
 import os
 import random
 import re
-import uuid
 from pathlib import Path
 from typing import Any, Container, Iterable
 
+from .. import atomic
 from ..errors import BenchError
+from .classes import read_classnames
 from .dataset import DEFAULT_TEMPLATE, DatasetCheck, DatasetDef, check_template
-from .splits import DatasetSplits, Datum, read_split_json, write_split_json
+from .splits import DatasetSplits, Datum, read_split_json, split_json
 
 SPLIT_SEED = 1
 P_TRAIN, P_VAL = 0.5, 0.2  # Dassl's read_and_split_data(p_trn=0.5, p_val=0.2); the rest is test
@@ -238,16 +239,8 @@ class OwnDataset(DatasetDef):
     # -- class names --------------------------------------------------------------------------------
     def class_map(self, root: Path) -> dict[str, str]:
         """classnames.txt beside the data, then the suite table's map on top."""
-        out: dict[str, str] = {}
         file = root / CLASSNAMES_FILE
-        if file.is_file():
-            for i, line in enumerate(file.read_text().splitlines(), 1):
-                if not line.strip() or line.lstrip().startswith("#"):
-                    continue
-                key, _, cname = line.strip().partition(" ")
-                if not cname.strip():
-                    raise BenchError(f"{file} line {i} is not '<folder or label> <class name>'; fix that line")
-                out[key] = cname.strip()
+        out = read_classnames(file, "folder or label", "fix that line") if file.is_file() else {}
         out.update(dict(self.classnames))
         return out
 
@@ -528,14 +521,11 @@ def verify_images(items: Iterable[Datum]) -> None:
 
 def _write_split(file: Path, root: Path, splits: dict[str, list[Datum]], notes: list[str]) -> None:
     """Write the split next to the data unless the same split is already there (atomic replace)."""
-    tmp = file.with_name(f".{file.name}.{uuid.uuid4().hex[:8]}.tmp")
+    text = split_json(root, splits)
     try:
-        write_split_json(tmp, root, splits)
-        if file.is_file() and file.read_bytes() == tmp.read_bytes():
+        if file.is_file() and file.read_bytes() == text.encode("utf-8"):
             return
-        os.replace(tmp, file)
+        atomic.write_text(file, text)
     except OSError as err:
         notes.append(f"could not write the split file {file} ({err.strerror or err}); the same split is made "
                      "again on every read")
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -26,11 +26,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 from pathlib import Path
 from typing import Callable
 
 from ..errors import BenchError
+from .classes import read_classnames
 from .dataset import DatasetCheck, DatasetDef
 from .splits import Datum
 
@@ -62,7 +62,6 @@ SPLIT_FILES_SOURCE = "split_zhou_*.json: Google-Drive links in KaiyangZhou/CoOp 
 # -- class-name rules (CoOp's; the split files already hold the results) -----------------------------
 
 _CALTECH_RENAME = {"airplanes": "airplane", "Faces": "face", "Leopards": "leopard", "Motorbikes": "motorbike"}
-CALTECH_IGNORED = ("BACKGROUND_Google", "Faces_easy")
 
 EUROSAT_NAMES = {
     "AnnualCrop": "Annual Crop Land", "Forest": "Forest", "HerbaceousVegetation": "Herbaceous Vegetation Land",
@@ -98,23 +97,6 @@ def sun397_classname(rel: str) -> str:
     return " ".join(reversed(parts))
 
 
-def sun397_classname_from_entry(entry: str) -> str:
-    """A ``ClassName.txt`` entry ``/a/apartment_building/outdoor`` -> ``outdoor apartment_building``."""
-    parts = [p for p in entry.strip().split("/") if p][1:]
-    return " ".join(reversed(parts))
-
-
-def ucf101_action_name(camel: str) -> str:
-    """``ApplyEyeMakeup`` -> ``Apply_Eye_Makeup`` (also the image sub-folder's name)."""
-    return "_".join(re.findall(r"[A-Z][^A-Z]*", camel))
-
-
-def cars_classname(meta_name: str) -> str:
-    """``Tesla Model S Sedan 2012`` -> ``2012 Tesla Model S Sedan`` (year moved to the front)."""
-    words = meta_name.split()
-    return " ".join([words[-1], *words[:-1]]) if words else meta_name
-
-
 # -- readers -----------------------------------------------------------------------------------------
 
 def _files(folder: Path) -> list[str]:
@@ -141,14 +123,7 @@ def _need_file(path: Path, what: str, name: str) -> Path:
 def read_imagenet_classnames(path: Path, name: str = "imagenet") -> dict[str, str]:
     """``classnames.txt``: lines ``<wnid> <class name with spaces>`` -> {wnid: name}, file order."""
     _need_file(path, "class-name file", name)
-    out: dict[str, str] = {}
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        wnid, _, cname = line.strip().partition(" ")
-        if not cname.strip():
-            raise BenchError(f"{path} line {i} is not '<wnid> <class name>'; use CoOp's classnames.txt")
-        out[wnid] = cname.strip()
+    out = read_classnames(path, "wnid", "use CoOp's classnames.txt")
     if not out:
         raise BenchError(f"{path} is empty; use CoOp's classnames.txt (1000 lines '<wnid> <class name>')")
     return out
@@ -412,7 +387,6 @@ _real(
              required=("imagenet-r",), role="shift"),
 )
 
-FEWSHOT11 = tuple(n for n, i in REAL.items() if i.role == "fewshot")
 SHIFT_TARGETS = tuple(n for n, i in REAL.items() if i.role == "shift")
 
 

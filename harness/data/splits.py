@@ -6,6 +6,7 @@ import json
 import os
 from pathlib import Path
 
+from .. import atomic
 from ..errors import BenchError
 
 
@@ -54,10 +55,15 @@ def read_split_json(split_file: Path, image_dir: Path) -> dict[str, list[Datum]]
         ) from None
 
 
-def write_split_json(split_file: Path, image_dir: Path, splits: dict[str, list[Datum]]) -> None:
-    """Write a CoOp split file with paths relative to ``image_dir`` (the inverse of read_split_json)."""
+def split_json(image_dir: Path, splits: dict[str, list[Datum]]) -> str:
+    """A CoOp split file's text, with paths relative to ``image_dir`` (the inverse of read_split_json)."""
     out = {
         key: [[Path(os.path.relpath(d.path, image_dir)).as_posix(), d.label, d.classname] for d in items]
         for key, items in splits.items()
     }
-    split_file.write_text(json.dumps(out, indent=None))
+    return json.dumps(out, indent=None)
+
+
+def write_split_json(split_file: Path, image_dir: Path, splits: dict[str, list[Datum]]) -> None:
+    """Write a CoOp split file (atomically) with paths relative to ``image_dir``."""
+    atomic.write_text(split_file, split_json(image_dir, splits))

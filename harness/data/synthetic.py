@@ -16,14 +16,13 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
-import uuid
 import zlib
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from .. import atomic
 from .dataset import DatasetCheck, DatasetDef
 from .splits import Datum, write_split_json
 
@@ -469,23 +468,9 @@ def materialize(name: str, root: Path | None = None) -> Path:
     if _complete(target, spec):
         return target
     root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".tmp-{spec.folder}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
+    # a stale version or a broken folder is replaced; one another process finished meanwhile is kept
+    with atomic.folder(target, keep=lambda folder: _complete(folder, spec)) as tmp:
         _build(spec, tmp)
-        if target.exists() and not _complete(target, spec):  # stale version or a broken folder: move aside
-            stale = root / f".stale-{spec.folder}-{uuid.uuid4().hex[:8]}"
-            try:
-                os.rename(target, stale)
-                shutil.rmtree(stale, ignore_errors=True)
-            except OSError:
-                pass
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not _complete(target, spec):
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

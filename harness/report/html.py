@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .. import __version__
+from .. import __version__, atomic
 from .figures import png_bytes
 from .intervals import label_column
 
@@ -138,7 +138,5 @@ def write_html(path: Path, document: str) -> Path:
     """Write through a temporary name and rename, so a report being replaced is never half-written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(document, encoding="utf-8")
-    tmp.replace(path)
+    atomic.write_text(path, document)
     return path

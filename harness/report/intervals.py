@@ -137,12 +137,6 @@ def bootstrap(scores: np.ndarray, reps: int = DEFAULT_REPS, seed: int = 0, level
     return interval(100.0 * scores.mean(), replicates(scores, reps, np.random.default_rng(seed)), level)
 
 
-def paired_gain(correct_a: np.ndarray, correct_b: np.ndarray, reps: int = DEFAULT_REPS, seed: int = 0,
-                level: float = LEVEL) -> Interval:
-    """Interval of acc(A) - acc(B) (points) from both stacks' per-image correctness [seeds, images]."""
-    return bootstrap(np.asarray(correct_a, float) - np.asarray(correct_b, float), reps, seed, level)
-
-
 def cell_rng(seed: int, *names: object) -> np.random.Generator:
     """A generator for one cell, fixed by the bootstrap seed and the cell's name."""
     return np.random.default_rng([seed, *(zlib.crc32(str(n).encode()) for n in names)])
