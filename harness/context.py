@@ -13,7 +13,7 @@ from .cache import FeatureCache, digest, items_fingerprint
 from .cost import Ledger
 from .data import transforms as T
 from .data.splits import DatasetSplits, Datum
-from .loading import DecodedImages, DeviceBatches, device_batches, open_rgb
+from .loading import DecodedImages, DeviceBatches, TestCrops, device_batches, open_rgb
 from .precision import autocast
 
 
@@ -62,6 +62,7 @@ class TrialContext:
     ledger: Ledger = dataclasses.field(default_factory=Ledger)  # the trial's encoder work, counted
     images: DecodedImages = dataclasses.field(default_factory=DecodedImages)  # few-shot images, decoded once
     other_images: DecodedImages = dataclasses.field(default_factory=lambda: DecodedImages(budget=0))
+    crops: TestCrops | None = None  # the test transform's crops of whole splits (made from ``cache`` when None)
     _features: dict = dataclasses.field(default_factory=dict)
     _decoded: dict = dataclasses.field(default_factory=dict)
     _items_ids: dict = dataclasses.field(default_factory=dict)
@@ -150,10 +151,19 @@ class TrialContext:
         images = self.images if few_shot else self.other_images
         if few_shot:
             images.fill([d.path for d in items], threads=max(1, self.num_workers))
-        return device_batches(items, transform or self.test_transform(), images, device=self.device,
+        transform = transform or self.test_transform()
+        crops = None
+        if not few_shot and isinstance(transform, T.CropThenNormalise) and not transform.random:
+            # Other splits (test) are cropped once (bench.loading.TestCrops): every later pass of this trial
+            # and, with a cache folder, of every trial reads the same uint8 crops and decodes nothing.
+            if self.crops is None:
+                self.crops = TestCrops(self.cache.base if self.cache is not None else None,
+                                       self.cache.run if self.cache is not None else None)
+            crops = (self.crops, TestCrops.key(self._items_id(split), self.image_size, transform))
+        return device_batches(items, transform, images, device=self.device,
                               mean=self.mean, std=self.std, batch_size=batch_size, shuffle=shuffle,
                               drop_last=drop_last and len(items) >= batch_size, generator=generator,
-                              workers=self.num_workers)
+                              workers=self.num_workers, crops=crops)
 
     @torch.no_grad()
     def features(self, split: str, transform=None, views: int = 1, stream: int = 0) -> torch.Tensor:
