@@ -62,6 +62,7 @@ class TrialContext:
     ledger: Ledger = dataclasses.field(default_factory=Ledger)  # the trial's encoder work, counted
     images: DecodedImages = dataclasses.field(default_factory=DecodedImages)  # few-shot images, decoded once
     other_images: DecodedImages = dataclasses.field(default_factory=lambda: DecodedImages(budget=0))
+    preprocess: Callable | None = None  # open_clip's eval preprocess of the model: the test transform's steps
     crops: TestCrops | None = None  # the test transform's crops of whole splits (made from ``cache`` when None)
     _features: dict = dataclasses.field(default_factory=dict)
     _decoded: dict = dataclasses.field(default_factory=dict)
@@ -124,7 +125,19 @@ class TrialContext:
 
     # -- images --------------------------------------------------------------------------------
     def test_transform(self):
+        """open_clip's eval preprocess of the model (:func:`bench.data.transforms.from_preprocess`: the same
+        steps, split for the uint8 loader), or CLIP's resize + center crop when the context has none."""
+        if self.preprocess is not None:
+            return T.from_preprocess(self.preprocess)
         return T.test_transform(self.image_size, self.mean, self.std)
+
+    def _test_key(self) -> tuple:
+        """The test transform in feature keys: as before for CLIP's resize + center crop, its steps otherwise
+        (a model whose preprocess squashes or pads)."""
+        steps = [repr(step) for step in self.test_transform().geometric]
+        if steps == [repr(step) for step in T.test_transform(self.image_size).geometric]:
+            return ("test", self.image_size, self.mean, self.std)
+        return ("test", self.image_size, self.mean, self.std, steps)
 
     def train_transform(self, scale: tuple[float, float]):
         return T.train_transform(self.image_size, scale, self.mean, self.std)
@@ -176,7 +189,7 @@ class TrialContext:
         """
         augmented = transform is not None
         what = {"encoder": self.encoder_id, "data": self.spec.dataset_fingerprint, "items": self._items_id(split),
-                "transform": repr(transform) if augmented else ("test", self.image_size, self.mean, self.std),
+                "transform": repr(transform) if augmented else self._test_key(),
                 "seed": (self.spec.seed, stream) if augmented else None, "device": self.device.type,
                 **({} if self.precision == "fp32" else {"precision": self.precision})}
         whole = digest({**what, "views": views})

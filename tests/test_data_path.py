@@ -130,3 +130,33 @@ def test_a_test_split_is_decoded_once_for_every_pass_of_every_trial(fixture_root
     other.switch_data(shifted)
     test_batches(other)
     assert other.other_images.decoded == n_test - 1
+
+
+@pytest.mark.parametrize("mode", ["shortest", "longest", "squash"])
+def test_the_test_transform_is_open_clips_preprocess_bit_for_bit(mode):
+    """from_preprocess takes open_clip's eval preprocess apart for the uint8 loader: the crop in a worker,
+    then normalise on the device, give open_clip's floats exactly (every resize mode open_clip has)."""
+    import numpy as np
+    import open_clip
+    from PIL import Image
+
+    from bench.data.transforms import from_preprocess, normalise, test_transform
+
+    preprocess = open_clip.image_transform(32, is_train=False, resize_mode=mode)
+    transform = from_preprocess(preprocess)
+    for shape in ((37, 50, 3), (50, 37, 3)):
+        image = Image.fromarray(np.random.default_rng(0).integers(0, 255, shape).astype(np.uint8))
+        crop = transform.to_uint8(image, ())
+        assert crop.dtype == torch.uint8
+        assert torch.equal(normalise(crop[None], transform.mean, transform.std)[0], preprocess(image))
+    if mode == "shortest":  # CLIP's: the very steps the harness built before (cache keys unchanged)
+        assert repr(transform) == repr(test_transform(32))
+    with pytest.raises(ValueError, match="not an open_clip eval preprocess"):
+        from_preprocess(open_clip.image_transform(32, is_train=False).transforms[0])
+
+
+def test_a_trial_tests_through_its_models_preprocess(fixture_root):
+    ctx = context(fixture_root, 0)
+    assert ctx.preprocess is not None
+    assert ctx.test_transform().geometric == ctx.preprocess.transforms[:2]
+    assert ctx._test_key() == ("test", ctx.image_size, ctx.mean, ctx.std)  # feature keys as before
