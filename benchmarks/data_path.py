@@ -9,8 +9,10 @@ trial CPU: 2), on the CPU (the device copy is then a no-op). Both loaders' batch
 
 Before timing, the new loader's batches with 1 and 2 workers are checked bit for bit against a 0-worker
 reference of the old loader (same seeds): the script stops if any differs.
-Run from the repository root (~1-2 min on 2 cores): ``python benchmarks/data_path.py [--epochs 30]``.
-Last line: ``data_path speedup: <today's seconds / bench's seconds>x``.
+The two fits are timed ``--repeats`` times (default 3), alternated (today's, bench's, today's, ...) so that
+load from other work hits both alike; the ratio is of the medians.
+Run from the repository root (~2-4 min on 2 cores): ``python benchmarks/data_path.py [--epochs 30]``.
+Last line: ``data_path speedup: <today's median seconds / bench's median seconds>x``.
 """
 from __future__ import annotations
 
@@ -75,6 +77,7 @@ def main(argv=None) -> float:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--check-epochs", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
@@ -86,12 +89,19 @@ def main(argv=None) -> float:
                 raise SystemExit(f"data_path: batches with {workers} workers differ from the 0-worker reference")
         print(f"batches bitwise equal to the 0-worker reference with 0, 1 and 2 workers "
               f"({args.check_epochs} epochs of {len(reference) // args.check_epochs} batches)")
-        old_s, old = epochs_of(lambda: old_loader(items, 1), args.epochs)
-        new_s, new = epochs_of(lambda: new_loader(items, 2), args.epochs)
-        assert len(old) == len(new)
+        olds, news = [], []
+        for round_ in range(args.repeats):
+            old_s, old = epochs_of(lambda: old_loader(items, 1), args.epochs)
+            new_s, new = epochs_of(lambda: new_loader(items, 2), args.epochs)
+            assert len(old) == len(new)
+            olds.append(old_s)
+            news.append(new_s)
+            print(f"round {round_ + 1}: today's {old_s:.1f} s, bench's {new_s:.1f} s ({old_s / new_s:.2f}x)")
+        old_s, new_s = float(np.median(olds)), float(np.median(news))
         n = len(new) * BATCH
         print(f"today's loader: {old_s:.1f} s ({n / old_s:.0f} images/s); bench's: {new_s:.1f} s "
-              f"({n / new_s:.0f} images/s); {args.epochs} epochs of {len(items)} images, 1 worker vs 2")
+              f"({n / new_s:.0f} images/s); medians of {args.repeats}; {args.epochs} epochs of {len(items)} "
+              "images, 1 worker vs 2")
     speedup = old_s / new_s
     print(f"data_path speedup: {speedup:.2f}x")
     return speedup

@@ -100,7 +100,7 @@ class CropThenNormalise(T.Compose):
                 image = F.hflip(image) if next(drawn) else image
             else:
                 image = step(image)
-        return F.pil_to_tensor(image.convert("RGB"))
+        return F.pil_to_tensor(image if image.mode == "RGB" else image.convert("RGB"))  # no copy when RGB
 
 
 def normalise(images: torch.Tensor, mean, std) -> torch.Tensor:
