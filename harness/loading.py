@@ -9,6 +9,8 @@
   are the same bit for bit with 0, 1 or many workers, and the same as before workers could exist.
   A transform that is not a :class:`~bench.data.transforms.CropThenNormalise` gets a seed per sample,
   drawn the same way, and runs under it in whichever process fetches the sample.
+* A batch is handed to the workers in parts (at least ``MIN_CHUNK`` images each), joined again in order in
+  the main process: a few-shot epoch of one or two batches keeps every worker busy.
 * Workers return uint8 crops (a quarter of float32's bytes through shared memory); :class:`DeviceBatches`
   copies them to the device (pinned, non-blocking) and normalises there.
 * :class:`TestCrops` keeps the crops of a split under a deterministic transform (the test transform: resize,
@@ -108,8 +110,9 @@ class DecodedImages:
 
 
 class Crops(Dataset):
-    """Worker side: sample ``(index, drawn)`` -> (image, label); the image is a uint8 crop for a
-    CropThenNormalise (``drawn``: its parameters), else the transform's output under seed ``drawn``."""
+    """Worker side: sample ``(index, drawn, ends)`` -> (image, label, ends); the image is a uint8 crop for a
+    CropThenNormalise (``drawn``: its parameters), else the transform's output under seed ``drawn``;
+    ``ends`` marks the last sample of a batch (:class:`JoinedChunks`)."""
 
     def __init__(self, items: Sequence[Datum], transform: Callable, images: DecodedImages):
         self.items, self.transform, self.images = list(items), transform, images
@@ -118,22 +121,24 @@ class Crops(Dataset):
         return len(self.items)
 
     def __getitem__(self, key):
-        index, drawn = key
+        index, drawn, ends = key
         d = self.items[index]
         image = self.images.image(d.path)
         if isinstance(self.transform, CropThenNormalise):
-            return self.transform.to_uint8(image, drawn), d.label
+            return self.transform.to_uint8(image, drawn), d.label, ends
         torch.manual_seed(drawn)
         random.seed(drawn)
-        return self.transform(image), d.label
+        return self.transform(image), d.label, ends
 
 
 class DrawnBatches(Sampler):
     """Main side: each epoch's index batches, every sample paired with its draws, all drawn at the epoch's
     start in sample order (so nothing a worker does, or when, can change them)."""
 
-    def __init__(self, batches: BatchSampler, items: Sequence[Datum], transform: Callable, images: DecodedImages):
+    def __init__(self, batches: BatchSampler, items: Sequence[Datum], transform: Callable, images: DecodedImages,
+                 chunks: int = 1):
         self.batches, self.items, self.transform, self.images = batches, items, transform, images
+        self.chunks = chunks
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -154,7 +159,47 @@ class DrawnBatches(Sampler):
                 return int(torch.randint(0, 2**62, (1,)))
         for batch in [[(i, draw(i)) for i in batch] for batch in epoch]:
             self.images.decoded += sum(self.items[i].path not in held for i, _ in batch)  # fetched undecoded
-            yield batch
+            # A batch goes to the workers in up to ``chunks`` consecutive parts, each cropped by whichever
+            # worker is free: a small few-shot epoch (1-shot DTD: one batch) keeps every worker busy rather
+            # than one, and no worker idles at an epoch's end while another crops a whole last batch.
+            n = len(batch)
+            c = max(1, min(self.chunks, n // MIN_CHUNK))
+            for k in range(c):
+                part = batch[k * n // c: (k + 1) * n // c]
+                yield [(i, drawn, k == c - 1 and j == len(part) - 1) for j, (i, drawn) in enumerate(part)]
+
+
+MIN_CHUNK = 8  # images a worker crops at least at a time (fewer: the hand-over costs more than it spreads)
+
+
+class JoinedChunks:
+    """The loader's parts of a batch (:class:`DrawnBatches`) joined again, in order: (images, labels)."""
+
+    def __init__(self, loader: DataLoader, batches: int, pin: bool):
+        self.loader, self.batches, self.pin = loader, batches, pin
+
+    def __len__(self) -> int:
+        return self.batches
+
+    @property
+    def dataset(self):
+        return self.loader.dataset
+
+    def __iter__(self):
+        parts: list = []
+        for images, labels, ends in self.loader:
+            parts.append((images, labels))
+            if not bool(ends[-1]):
+                continue
+            if len(parts) == 1:
+                images, labels = parts[0]
+            else:
+                images = torch.cat([p[0] for p in parts], out=torch.empty(
+                    (sum(len(p[0]) for p in parts), *parts[0][0].shape[1:]), dtype=parts[0][0].dtype,
+                    pin_memory=self.pin))
+                labels = torch.cat([p[1] for p in parts])
+            parts = []
+            yield images, labels
 
 
 class DeviceBatches:
@@ -202,10 +247,11 @@ def device_batches(items: Sequence[Datum], transform: Callable, images: DecodedI
             return DeviceBatches(StoredCrops(stored, [d.label for d in items], batch_size, pin), device, mean, std,
                                  generator, on_batch)
     order = RandomSampler(items, generator=generator) if shuffle else SequentialSampler(items)
-    batches = DrawnBatches(BatchSampler(order, batch_size, drop_last), items, transform, images)
-    loader = DataLoader(Crops(items, transform, images), batch_sampler=batches, num_workers=workers,
-                        pin_memory=pin, persistent_workers=workers > 0,
-                        prefetch_factor=PREFETCH if workers else None, generator=torch.Generator())
+    batches = DrawnBatches(BatchSampler(order, batch_size, drop_last), items, transform, images, chunks=workers)
+    loader = JoinedChunks(DataLoader(Crops(items, transform, images), batch_sampler=batches, num_workers=workers,
+                                     pin_memory=pin, persistent_workers=workers > 0,
+                                     prefetch_factor=PREFETCH if workers else None, generator=torch.Generator()),
+                          len(batches), pin)
     if crops is not None and not shuffle and not drop_last:
         loader = FillingCrops(loader, len(items), *crops)
     return DeviceBatches(loader, device, mean, std, generator, on_batch)
@@ -314,7 +360,7 @@ class FillingCrops:
     """A loader's pass that also hands its uint8 batches to a :class:`CropSink`, committed when the pass
     read the whole split (a pass abandoned early, as the inference timing's, stores nothing)."""
 
-    def __init__(self, loader: DataLoader, n: int, store: TestCrops, key: str):
+    def __init__(self, loader, n: int, store: TestCrops, key: str):
         self.loader, self.n, self.store, self.key = loader, n, store, key
 
     def __len__(self) -> int:

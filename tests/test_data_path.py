@@ -160,3 +160,13 @@ def test_a_trial_tests_through_its_models_preprocess(fixture_root):
     assert ctx.preprocess is not None
     assert ctx.test_transform().geometric == ctx.preprocess.transforms[:2]
     assert ctx._test_key() == ("test", ctx.image_size, ctx.mean, ctx.std)  # feature keys as before
+
+
+def test_batches_split_among_workers_are_joined_bit_for_bit(fixture_root, one_thread, monkeypatch):
+    """A batch cropped in parts by several workers (bench.loading.DrawnBatches) is the same batch."""
+    import bench.loading
+
+    reference = two_epochs(context(fixture_root, 0))
+    monkeypatch.setattr(bench.loading, "MIN_CHUNK", 2)  # batches of 5: parts of 2 and 3
+    batches = two_epochs(context(fixture_root, 2))
+    assert len(batches) == len(reference) and all(torch.equal(a, b) for a, b in zip(batches, reference))
