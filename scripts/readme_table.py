@@ -110,8 +110,8 @@ def main() -> None:
         "",
         f"Mask sparsity (share of the masked weights switched off) ended between {sparsity.min():.2f}% and "
         f"{sparsity.max():.1f}%. Float rounding differs between CPUs and thread counts, and trained cells "
-        "can move with it; `python scripts/readme_table.py --check` runs the suite again and lists the cells "
-        f"that differ from this table by more than {TOLERANCE:g} points.",
+        "can move with it (by how much: below); `python scripts/readme_table.py --check` runs the suite again, "
+        f"lists the cells that moved and fails on any that differ from this table by more than {TOLERANCE:g} points.",
         END,
     ])
     text = README.read_text()
