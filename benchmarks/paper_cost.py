@@ -10,8 +10,10 @@ checks them against real trials) — in order with one
 shared feature and stage cache, so features and masks reused across trials count once.
 
 * today: ``--precision fp32``, every test image timed (``--infer-images`` all), every pass decoding every
-  image it reads (``PathSettings(decode_once=False)``: loaders with workers kept nothing decoded);
-* new: the defaults on CUDA: bf16, 1,000 test images timed, few-shot images decoded once per trial.
+  image it reads (``PathSettings(decode_once=False, test_crops=False)``: loaders with workers kept nothing
+  decoded, and every test pass decoded its split);
+* new: the defaults on CUDA: bf16, 1,000 test images timed, few-shot images decoded once per trial, a test
+  split's crops stored by its first whole pass and read by every later one (bench.loading.TestCrops).
 
 GPU-hours = counted encoder GFLOPs (forward; backward = 2x forward) / achieved TFLOP/s: bf16 at 40 % of the
 H200 SXM's 989 TFLOP/s dense, fp32 credited with 100 % of its 67 TFLOP/s (an upper bound on fp32's speed, so
@@ -78,7 +80,8 @@ def plan(precision: str, infer_images: int | None, decode_once: bool):
                     spec = TrialSpec(run="paper", suite="fewshot11", dataset=dataset, shots=shots, seed=seed,
                                      stack=stack, model="ViT-B-16", pretrained="openai", device="cuda",
                                      precision=precision, infer_images=infer_images)
-                    ledger, n = plan_trial(spec, sizes, done, PathSettings(decode_once=decode_once))
+                    ledger, n = plan_trial(spec, sizes, done,
+                                           PathSettings(decode_once=decode_once, test_crops=decode_once))
                     total.forwards.update(ledger.forwards)
                     total.backwards.update(ledger.backwards)
                     decoded += n
@@ -100,7 +103,7 @@ def main() -> None:
         kinds = ", ".join(f"{k} {v / 1e6:.2f} M" for k, v in sorted(ledger.forwards.items()))
         back = ", ".join(f"{k} {v / 1e6:.2f} M" for k, v in sorted(ledger.backwards.items()))
         print(f"{name:>5} ({precision}, timing {'all' if infer is None else infer} test images, "
-              f"{'decode once' if once else 'decode every pass'}): forward {kinds}; backward {back}; "
+              f"{'decode once, test crops stored' if once else 'decode every pass'}): forward {kinds}; backward {back}; "
               f"{ledger.gflops(per_image) / 1e9:.2f} EFLOP -> {hours:.1f} GPU-hours; "
               f"{decoded / 1e6:.2f} M decodes -> {decoded * per_decode / 3600:.1f} core-hours")
     print(f"paper_cost: {rows['new']:.1f} GPU-hours")

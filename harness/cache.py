@@ -128,13 +128,15 @@ class StageCache:
 
 # -- what the cache holds, and pruning it -------------------------------------------------------------------
 def entries(root: str | Path) -> list[tuple[str, Path, int, float]]:
-    """(kind, path, bytes, last used) of every entry: a feature file, or a stage folder."""
+    """(kind, path, bytes, last used) of every entry: a feature file, a split's test crops
+    (bench.loading.TestCrops), or a stage folder."""
     root = Path(root)
     out = []
-    for path in sorted((root / "features").glob("*/*.safetensors")):
-        with contextlib.suppress(OSError):
-            st = path.stat()
-            out.append(("features", path, st.st_size, st.st_mtime))
+    for kind, pattern in (("features", "features/*/*.safetensors"), ("crops", "crops/*/[!.]*.npy")):
+        for path in sorted(root.glob(pattern)):
+            with contextlib.suppress(OSError):
+                st = path.stat()
+                out.append((kind, path, st.st_size, st.st_mtime))
     for path in sorted((root / "stages").glob("*")):
         if path.is_dir() and not path.name.startswith(atomic.TEMP_PREFIX):
             with contextlib.suppress(OSError):

@@ -12,7 +12,7 @@ from .cache import FeatureCache, digest, items_fingerprint
 from .cost import Ledger
 from .data import transforms as T
 from .data.splits import DatasetSplits, Datum
-from .loading import DecodedImages, DeviceBatches, device_batches, open_rgb
+from .loading import DecodedImages, DeviceBatches, TestCrops, device_batches, open_rgb
 from .precision import autocast
 
 
@@ -64,6 +64,8 @@ class TrialContext:
     ledger: Ledger = dataclasses.field(default_factory=Ledger)  # the trial's encoder work, counted
     images: DecodedImages = dataclasses.field(default_factory=DecodedImages)  # few-shot images, decoded once
     other_images: DecodedImages = dataclasses.field(default_factory=lambda: DecodedImages(budget=0))
+    preprocess: Callable | None = None  # open_clip's eval preprocess of the model: the test transform's steps
+    crops: TestCrops | None = None  # the test transform's crops of whole splits (made from ``cache`` when None)
     _features: dict = dataclasses.field(default_factory=dict)
     _decoded: dict = dataclasses.field(default_factory=dict)
     _items_ids: dict = dataclasses.field(default_factory=dict)
@@ -130,7 +132,19 @@ class TrialContext:
 
     # -- images --------------------------------------------------------------------------------
     def test_transform(self):
+        """open_clip's eval preprocess of the model (:func:`bench.data.transforms.from_preprocess`: the same
+        steps, split for the uint8 loader), or CLIP's resize + center crop when the context has none."""
+        if self.preprocess is not None:
+            return T.from_preprocess(self.preprocess)
         return T.test_transform(self.image_size, self.mean, self.std)
+
+    def _test_key(self) -> tuple:
+        """The test transform in feature keys: as before for CLIP's resize + center crop, its steps otherwise
+        (a model whose preprocess squashes or pads)."""
+        steps = [repr(step) for step in self.test_transform().geometric]
+        if steps == [repr(step) for step in T.test_transform(self.image_size).geometric]:
+            return ("test", self.image_size, self.mean, self.std)
+        return ("test", self.image_size, self.mean, self.std, steps)
 
     def train_transform(self, scale: tuple[float, float]):
         return T.train_transform(self.image_size, scale, self.mean, self.std)
@@ -157,10 +171,19 @@ class TrialContext:
         images = self.images if few_shot else self.other_images
         if few_shot:
             images.fill([d.path for d in items], threads=max(1, self.num_workers))
-        return device_batches(items, transform or self.test_transform(), images, device=self.device,
+        transform = transform or self.test_transform()
+        crops = None
+        if not few_shot and isinstance(transform, T.CropThenNormalise) and not transform.random:
+            # Other splits (test) are cropped once (bench.loading.TestCrops): every later pass of this trial
+            # and, with a cache folder, of every trial reads the same uint8 crops and decodes nothing.
+            if self.crops is None:
+                self.crops = TestCrops(self.cache.base if self.cache is not None else None,
+                                       self.cache.run if self.cache is not None else None)
+            crops = (self.crops, TestCrops.key(self._items_id(split), self.image_size, transform))
+        return device_batches(items, transform, images, device=self.device,
                               mean=self.mean, std=self.std, batch_size=batch_size, shuffle=shuffle,
                               drop_last=drop_last and len(items) >= batch_size, generator=generator,
-                              workers=self.num_workers)
+                              workers=self.num_workers, crops=crops)
 
     @torch.no_grad()
     def features(self, split: str, transform=None, views: int = 1, stream: int = 0) -> torch.Tensor:
@@ -173,7 +196,7 @@ class TrialContext:
         """
         augmented = transform is not None
         what = {"encoder": self.encoder_id, "data": self.spec.dataset_fingerprint, "items": self._items_id(split),
-                "transform": repr(transform) if augmented else ("test", self.image_size, self.mean, self.std),
+                "transform": repr(transform) if augmented else self._test_key(),
                 "seed": (self.spec.seed, stream) if augmented else None, "device": self.device.type,
                 **({} if self.precision == "fp32" else {"precision": self.precision})}
         whole = digest({**what, "views": views})

@@ -76,8 +76,11 @@ class Sizes:
 @dataclasses.dataclass(frozen=True)
 class PathSettings:
     """How the data path runs: ``decode_once`` keeps a trial's few-shot images decoded (bench.loading;
-    False: every pass decodes every image it reads, as loaders with workers did before)."""
+    False: every pass decodes every image it reads, as loaders with workers did before); ``test_crops``
+    stores a test split's crops after its first whole pass (bench.loading.TestCrops, with a cache folder: once
+    for every trial of the comparison; False: every test pass decodes)."""
     decode_once: bool = True
+    test_crops: bool = True
 
 
 class WorkPlan:
@@ -97,11 +100,18 @@ class WorkPlan:
         self.stage: tuple = self.encoder
 
     def decode(self, split: str, images: int) -> None:
-        """``images`` reads of a split's images: few-shot ones decoded once per trial (bench.loading)."""
+        """``images`` reads of a split's images: few-shot ones decoded once per trial, a test split once
+        (bench.loading)."""
         if split != "test" and self.path.decode_once:
             if split not in self._held:
                 self._held.add(split)
                 self.decoded += self.n[split]
+        elif split == "test" and self.path.test_crops:
+            key = ("crops", self.items["test"])
+            if key not in self.done:
+                if images >= self.n["test"]:  # a whole pass stores the crops (the timing's part does not)
+                    self.done.add(key)
+                self.decoded += images
         else:
             self.decoded += images
 

@@ -9,29 +9,44 @@
   are the same bit for bit with 0, 1 or many workers, and the same as before workers could exist.
   A transform that is not a :class:`~bench.data.transforms.CropThenNormalise` gets a seed per sample,
   drawn the same way, and runs under it in whichever process fetches the sample.
+* A batch is handed to the workers in parts (at least ``MIN_CHUNK`` images each), joined again in order in
+  the main process: a few-shot epoch of one or two batches keeps every worker busy.
 * Workers return uint8 crops (a quarter of float32's bytes through shared memory); :class:`DeviceBatches`
   copies them to the device (pinned, non-blocking) and normalises there.
+* :class:`TestCrops` keeps the crops of a split under a deterministic transform (the test transform: resize,
+  center crop) as uint8, so a split is decoded and cropped once and every later pass reads the very same
+  bytes (see its docstring for where and how much).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
 
+from .atomic import temp_path
 from .data.splits import Datum
 from .data.transforms import CropThenNormalise, normalise
 from .errors import BenchError
 
 DECODED_BUDGET_MB = 4096
+TEST_CROPS_MB = 2048
 
 
 def decoded_budget_bytes() -> int:
     return int(float(os.environ.get("BENCH_DECODED_MB", DECODED_BUDGET_MB)) * 2**20)
+
+
+def test_crops_budget_bytes() -> int:
+    return int(float(os.environ.get("BENCH_TEST_CROPS_MB", TEST_CROPS_MB)) * 2**20)
 
 
 def open_rgb(path: str) -> Image.Image:
@@ -95,8 +110,9 @@ class DecodedImages:
 
 
 class Crops(Dataset):
-    """Worker side: sample ``(index, drawn)`` -> (image, label); the image is a uint8 crop for a
-    CropThenNormalise (``drawn``: its parameters), else the transform's output under seed ``drawn``."""
+    """Worker side: sample ``(index, drawn, ends)`` -> (image, label, ends); the image is a uint8 crop for a
+    CropThenNormalise (``drawn``: its parameters), else the transform's output under seed ``drawn``;
+    ``ends`` marks the last sample of a batch (:class:`JoinedChunks`)."""
 
     def __init__(self, items: Sequence[Datum], transform: Callable, images: DecodedImages):
         self.items, self.transform, self.images = list(items), transform, images
@@ -105,22 +121,24 @@ class Crops(Dataset):
         return len(self.items)
 
     def __getitem__(self, key):
-        index, drawn = key
+        index, drawn, ends = key
         d = self.items[index]
         image = self.images.image(d.path)
         if isinstance(self.transform, CropThenNormalise):
-            return self.transform.to_uint8(image, drawn), d.label
+            return self.transform.to_uint8(image, drawn), d.label, ends
         torch.manual_seed(drawn)
         random.seed(drawn)
-        return self.transform(image), d.label
+        return self.transform(image), d.label, ends
 
 
 class DrawnBatches(Sampler):
     """Main side: each epoch's index batches, every sample paired with its draws, all drawn at the epoch's
     start in sample order (so nothing a worker does, or when, can change them)."""
 
-    def __init__(self, batches: BatchSampler, items: Sequence[Datum], transform: Callable, images: DecodedImages):
+    def __init__(self, batches: BatchSampler, items: Sequence[Datum], transform: Callable, images: DecodedImages,
+                 chunks: int = 1):
         self.batches, self.items, self.transform, self.images = batches, items, transform, images
+        self.chunks = chunks
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -141,7 +159,47 @@ class DrawnBatches(Sampler):
                 return int(torch.randint(0, 2**62, (1,)))
         for batch in [[(i, draw(i)) for i in batch] for batch in epoch]:
             self.images.decoded += sum(self.items[i].path not in held for i, _ in batch)  # fetched undecoded
-            yield batch
+            # A batch goes to the workers in up to ``chunks`` consecutive parts, each cropped by whichever
+            # worker is free: a small few-shot epoch (1-shot DTD: one batch) keeps every worker busy rather
+            # than one, and no worker idles at an epoch's end while another crops a whole last batch.
+            n = len(batch)
+            c = max(1, min(self.chunks, n // MIN_CHUNK))
+            for k in range(c):
+                part = batch[k * n // c: (k + 1) * n // c]
+                yield [(i, drawn, k == c - 1 and j == len(part) - 1) for j, (i, drawn) in enumerate(part)]
+
+
+MIN_CHUNK = 8  # images a worker crops at least at a time (fewer: the hand-over costs more than it spreads)
+
+
+class JoinedChunks:
+    """The loader's parts of a batch (:class:`DrawnBatches`) joined again, in order: (images, labels)."""
+
+    def __init__(self, loader: DataLoader, batches: int, pin: bool):
+        self.loader, self.batches, self.pin = loader, batches, pin
+
+    def __len__(self) -> int:
+        return self.batches
+
+    @property
+    def dataset(self):
+        return self.loader.dataset
+
+    def __iter__(self):
+        parts: list = []
+        for images, labels, ends in self.loader:
+            parts.append((images, labels))
+            if not bool(ends[-1]):
+                continue
+            if len(parts) == 1:
+                images, labels = parts[0]
+            else:
+                images = torch.cat([p[0] for p in parts], out=torch.empty(
+                    (sum(len(p[0]) for p in parts), *parts[0][0].shape[1:]), dtype=parts[0][0].dtype,
+                    pin_memory=self.pin))
+                labels = torch.cat([p[1] for p in parts])
+            parts = []
+            yield images, labels
 
 
 class DeviceBatches:
@@ -175,14 +233,179 @@ class DeviceBatches:
 
 def device_batches(items: Sequence[Datum], transform: Callable, images: DecodedImages, *, device: torch.device,
                    mean, std, batch_size: int, shuffle: bool, drop_last: bool, generator: torch.Generator | None,
-                   workers: int, on_batch: Callable[[int], None] = lambda n: None) -> DeviceBatches:
-    """One persistent loader over ``items`` (see the module docstring)."""
+                   workers: int, on_batch: Callable[[int], None] = lambda n: None,
+                   crops: tuple[TestCrops, str] | None = None) -> DeviceBatches:
+    """One persistent loader over ``items`` (see the module docstring).
+
+    ``crops`` (a store and the split's key, for a deterministic transform read in order): a pass reads the
+    stored crops when the store has them, else decodes and crops as usual and stores what a whole pass made."""
+    pin = device.type == "cuda"
+    if crops is not None and not shuffle and not drop_last:
+        store, key = crops
+        stored = store.get(key, len(items))
+        if stored is not None:
+            return DeviceBatches(StoredCrops(stored, [d.label for d in items], batch_size, pin), device, mean, std,
+                                 generator, on_batch)
     order = RandomSampler(items, generator=generator) if shuffle else SequentialSampler(items)
-    batches = DrawnBatches(BatchSampler(order, batch_size, drop_last), items, transform, images)
-    loader = DataLoader(Crops(items, transform, images), batch_sampler=batches, num_workers=workers,
-                        pin_memory=device.type == "cuda", persistent_workers=workers > 0,
-                        prefetch_factor=PREFETCH if workers else None, generator=torch.Generator())
+    batches = DrawnBatches(BatchSampler(order, batch_size, drop_last), items, transform, images, chunks=workers)
+    loader = JoinedChunks(DataLoader(Crops(items, transform, images), batch_sampler=batches, num_workers=workers,
+                                     pin_memory=pin, persistent_workers=workers > 0,
+                                     prefetch_factor=PREFETCH if workers else None, generator=torch.Generator()),
+                          len(batches), pin)
+    if crops is not None and not shuffle and not drop_last:
+        loader = FillingCrops(loader, len(items), *crops)
     return DeviceBatches(loader, device, mean, std, generator, on_batch)
+
+
+class TestCrops:
+    """The uint8 crops [N, 3, S, S] of whole splits under a deterministic transform, by key (the split's
+    items fingerprint, the image size and the transform's steps: :meth:`key`).
+
+    With a cache folder (``root``: the feature cache's) they are files ``<root>/crops/<kk>/<key>.npy``,
+    written once by the first whole pass over the split and read by every later pass of every trial and
+    process as a memory map: the operating system's page cache holds them once for all the trial processes
+    of a machine, and `bench cache` lists and prunes them (kind ``crops``). A 224 px crop is 147 KiB: the
+    fewshot11 test splits (133,694 images) take 18.7 GiB of disk, ImageNet's 50,000 7.0 GiB, DTD's 1,692
+    0.24 GiB. Without a cache folder (``--no-cache``) they are kept in the trial's memory only, up to
+    ``budget`` bytes (``BENCH_TEST_CROPS_MB``, default 2048 MB: about 14,200 crops at 224 px, every fewshot11
+    test split but ImageNet's, Food101's and SUN397's), which saves the inference timing's decodes.
+
+    A pass that reads the stored crops decodes nothing; the crops are the bytes the transform makes
+    (:meth:`~bench.data.transforms.CropThenNormalise.to_uint8`), so batches are the same bit for bit."""
+
+    def __init__(self, root: str | Path | None = None, run: str | None = None, budget: int | None = None):
+        self.base = None if root is None else Path(root)
+        self.run = run
+        self.budget = test_crops_budget_bytes() if budget is None else budget
+        self.memory: OrderedDict[str, torch.Tensor] = OrderedDict()
+
+    @staticmethod
+    def key(items_id: str, image_size: int, transform) -> str:
+        from .cache import digest
+
+        steps = [repr(step) for step in getattr(transform, "geometric", [transform])]
+        return digest({"kind": "test-crops", "items": items_id, "size": image_size, "steps": steps})
+
+    def path(self, key: str) -> Path | None:
+        return None if self.base is None else self.base / "crops" / key[:2] / f"{key}.npy"
+
+    def get(self, key: str, n: int):
+        """The stored crops (a tensor, or a read-only array mapped from the file) of ``n`` images, or None."""
+        if key in self.memory:
+            self.memory.move_to_end(key)
+            return self.memory[key]
+        path = self.path(key)
+        if path is None or not path.is_file():
+            return None
+        from .cache import key_lock, note_use
+
+        with key_lock(path):
+            try:
+                crops = np.load(path, mmap_mode="r")  # stays readable even if pruned later (POSIX)
+            except (OSError, ValueError):
+                return None
+        if crops.dtype != np.uint8 or crops.ndim != 4 or len(crops) != n:
+            return None
+        note_use(self.base, self.run, path)
+        return crops
+
+    def sink(self, key: str, n: int, shape: tuple[int, ...]) -> "CropSink | None":
+        """Where a whole pass writes its crops: a temporary file, or the trial's memory while within budget."""
+        nbytes = n * int(np.prod(shape))
+        path = self.path(key)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = temp_path(path)
+            return CropSink(np.lib.format.open_memmap(tmp, "w+", np.uint8, (n, *shape)), self, key, tmp)
+        if nbytes > self.budget:
+            return None
+        while self.memory and sum(t.nbytes for t in self.memory.values()) + nbytes > self.budget:
+            self.memory.popitem(last=False)  # the least recently read split goes first
+        return CropSink(torch.empty((n, *shape), dtype=torch.uint8), self, key, None)
+
+
+class CropSink:
+    """One pass's crops as they come; :meth:`commit` publishes them once the pass covered the whole split."""
+
+    def __init__(self, array, store: TestCrops, key: str, tmp: Path | None):
+        self.array, self.store, self.key, self.tmp = array, store, key, tmp
+
+    def write(self, offset: int, images: torch.Tensor) -> None:
+        if self.tmp is None:
+            self.array[offset: offset + len(images)] = images
+        else:
+            self.array[offset: offset + len(images)] = images.numpy()
+
+    def commit(self) -> None:
+        if self.tmp is None:
+            self.store.memory[self.key] = self.array
+            return
+        from .cache import key_lock, note_use
+
+        self.array.flush()
+        del self.array
+        path = self.store.path(self.key)
+        with key_lock(path):
+            os.replace(self.tmp, path)
+        note_use(self.store.base, self.store.run, path)
+
+    def discard(self) -> None:
+        if self.tmp is not None:
+            self.array = None
+            with contextlib.suppress(OSError):
+                self.tmp.unlink()
+
+
+class FillingCrops:
+    """A loader's pass that also hands its uint8 batches to a :class:`CropSink`, committed when the pass
+    read the whole split (a pass abandoned early, as the inference timing's, stores nothing)."""
+
+    def __init__(self, loader, n: int, store: TestCrops, key: str):
+        self.loader, self.n, self.store, self.key = loader, n, store, key
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    @property
+    def dataset(self):
+        return self.loader.dataset
+
+    def __iter__(self):
+        sink, offset, whole = None, 0, False
+        try:
+            for images, labels in self.loader:
+                if images.dtype != torch.uint8:
+                    sink = False  # not crops: nothing to keep
+                if sink is None and offset == 0:
+                    sink = self.store.sink(self.key, self.n, tuple(images.shape[1:])) or False
+                if sink:
+                    sink.write(offset, images)
+                offset += len(images)
+                yield images, labels
+            whole = offset == self.n
+        finally:
+            if sink:
+                sink.commit() if whole else sink.discard()
+
+
+class StoredCrops:
+    """A pass over stored crops, in split order, as the loader's (uint8 images, labels) batches."""
+
+    def __init__(self, crops, labels: list[int], batch_size: int, pin: bool):
+        self.crops, self.labels, self.batch_size, self.pin = crops, torch.tensor(labels), batch_size, pin
+
+    def __len__(self) -> int:
+        return -(-len(self.labels) // self.batch_size)
+
+    @property
+    def dataset(self):
+        return self.crops
+
+    def __iter__(self):
+        for start in range(0, len(self.labels), self.batch_size):
+            part = self.crops[start: start + self.batch_size]
+            images = part if isinstance(part, torch.Tensor) else torch.from_numpy(np.array(part))  # off the map
+            yield (images.pin_memory() if self.pin else images), self.labels[start: start + self.batch_size]
 
 
 PREFETCH = 2  # batches each worker prepares ahead

@@ -71,7 +71,7 @@ def build_context(spec: TrialSpec, progress: Callable[[str], None] = lambda m: N
                        read=data, device=device, image_size=int(size), mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
                        progress=progress, short_classes=len(data.short), encoder_id=encoder_identity(spec),
                        cache=FeatureCache(spec.cache_dir, spec.run) if spec.cache_dir else None,
-                       num_workers=loader_workers(device), precision=spec.precision)
+                       num_workers=loader_workers(device), precision=spec.precision, preprocess=preprocess)
     ctx.clf = ClipClassifier(model, ZeroShotHead(torch.zeros(1, 1), 1.0)).to(device)
     ctx.clf.head = ZeroShotHead(ctx.text_weights(), ctx.clf.logit_scale).to(device)
     return ctx

@@ -91,3 +91,82 @@ def test_cache_lists_by_kind_and_prunes_by_age_and_run_but_never_an_entry_in_use
     assert not features.path("a" * 32).exists() and features.path("b" * 32).exists()
     assert prune(tmp_path, run="new")[0] == 2  # the stage and the feature file only "new" used
     assert [p.name for _, p, *_ in entries(tmp_path)] == [f"{'b' * 32}.safetensors"]
+
+
+def test_a_test_split_is_decoded_once_for_every_pass_of_every_trial(fixture_root, tmp_path, one_thread):
+    """bench.loading.TestCrops: the first whole pass over the test split stores its uint8 crops; every later
+    pass (another encoder after a stage, the inference timing, another trial) decodes nothing and gets the
+    same batches bit for bit."""
+    import dataclasses
+
+    from bench.cache import FeatureCache, entries
+
+    def test_batches(ctx):
+        return [(images, labels) for images, labels in ctx.loader("test", batch_size=7)]
+
+    reference = context(fixture_root, 0)
+    n_test = len(reference.split("test"))
+    expected = test_batches(reference)  # no cache folder: kept in the trial's memory
+    assert reference.other_images.decoded == n_test
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(test_batches(reference), expected))
+    assert reference.other_images.decoded == n_test  # the second pass decoded nothing
+
+    ctx = context(fixture_root, 0)
+    ctx.cache = FeatureCache(tmp_path, "r")
+    first = ctx.features("test")
+    assert ctx.other_images.decoded == n_test
+    ctx.encoder_id = "after a mask stage"  # a new encoder: the split is encoded again, from the stored crops
+    again = ctx.features("test")
+    assert ctx.other_images.decoded == n_test and torch.equal(first, again)
+    assert [kind for kind, *_ in entries(tmp_path)].count("crops") == 1
+
+    other = context(fixture_root, 2)  # another trial (with workers) reading the same cache folder
+    other.cache = FeatureCache(tmp_path, "r")
+    got = test_batches(other)
+    assert other.other_images.decoded == 0
+    assert len(got) == len(expected) and all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+                                             for a, b in zip(got, expected))
+    shifted = dataclasses.replace(other.data, test=other.data.test[:-1])  # other items: other crops
+    other.switch_data(shifted)
+    test_batches(other)
+    assert other.other_images.decoded == n_test - 1
+
+
+@pytest.mark.parametrize("mode", ["shortest", "longest", "squash"])
+def test_the_test_transform_is_open_clips_preprocess_bit_for_bit(mode):
+    """from_preprocess takes open_clip's eval preprocess apart for the uint8 loader: the crop in a worker,
+    then normalise on the device, give open_clip's floats exactly (every resize mode open_clip has)."""
+    import numpy as np
+    import open_clip
+    from PIL import Image
+
+    from bench.data.transforms import from_preprocess, normalise, test_transform
+
+    preprocess = open_clip.image_transform(32, is_train=False, resize_mode=mode)
+    transform = from_preprocess(preprocess)
+    for shape in ((37, 50, 3), (50, 37, 3)):
+        image = Image.fromarray(np.random.default_rng(0).integers(0, 255, shape).astype(np.uint8))
+        crop = transform.to_uint8(image, ())
+        assert crop.dtype == torch.uint8
+        assert torch.equal(normalise(crop[None], transform.mean, transform.std)[0], preprocess(image))
+    if mode == "shortest":  # CLIP's: the very steps the harness built before (cache keys unchanged)
+        assert repr(transform) == repr(test_transform(32))
+    with pytest.raises(ValueError, match="not an open_clip eval preprocess"):
+        from_preprocess(open_clip.image_transform(32, is_train=False).transforms[0])
+
+
+def test_a_trial_tests_through_its_models_preprocess(fixture_root):
+    ctx = context(fixture_root, 0)
+    assert ctx.preprocess is not None
+    assert ctx.test_transform().geometric == ctx.preprocess.transforms[:2]
+    assert ctx._test_key() == ("test", ctx.image_size, ctx.mean, ctx.std)  # feature keys as before
+
+
+def test_batches_split_among_workers_are_joined_bit_for_bit(fixture_root, one_thread, monkeypatch):
+    """A batch cropped in parts by several workers (bench.loading.DrawnBatches) is the same batch."""
+    import bench.loading
+
+    reference = two_epochs(context(fixture_root, 0))
+    monkeypatch.setattr(bench.loading, "MIN_CHUNK", 2)  # batches of 5: parts of 2 and 3
+    batches = two_epochs(context(fixture_root, 2))
+    assert len(batches) == len(reference) and all(torch.equal(a, b) for a, b in zip(batches, reference))

@@ -22,6 +22,34 @@ def test_transform(size: int, mean=OPENAI_MEAN, std=OPENAI_STD) -> T.Compose:
     return CropThenNormalise([T.Resize(size, interpolation=BICUBIC), T.CenterCrop(size)], mean, std)
 
 
+def from_preprocess(preprocess) -> "CropThenNormalise":
+    """open_clip's eval ``preprocess`` (what ``load_model`` returns) as a :class:`CropThenNormalise` with the
+    same steps: its geometric steps as they are (``Resize``/``CenterCrop``, or ``ResizeKeepRatio``/
+    ``CenterCropOrPad`` for a model whose ``resize_mode`` is ``longest``), its mean and std.
+
+    Why not call ``preprocess`` itself: the loader splits the transform in two halves (bench.loading) — the
+    geometric steps run in a worker and end in a uint8 crop (a quarter of float32's bytes through shared
+    memory, and what bench.loading.TestCrops stores), while the conversion to floats and ``Normalize`` run
+    on the device (:func:`normalise`). open_clip's ``Compose`` ends in ``MaybeConvertMode``,
+    ``MaybeToTensor`` and ``Normalize`` and has no uint8 half to stop at, so it is taken apart here; the
+    floats are the same bit for bit (tests/test_data_path.py checks all three resize modes). A preprocess
+    of any other shape (a random step, no ``Normalize`` last) is refused rather than guessed at."""
+    steps = list(getattr(preprocess, "transforms", []))
+    convert = [i for i, step in enumerate(steps) if type(step).__name__ in _CONVERSIONS
+               or getattr(step, "__name__", "") == "_convert_to_rgb"]
+    if not steps or not convert or not isinstance(steps[-1], T.Normalize) or convert[-1] != len(steps) - 2 \
+            or convert != list(range(convert[0], len(steps) - 1)):
+        raise ValueError(f"not an open_clip eval preprocess (geometric steps, conversions, Normalize): {preprocess!r}")
+    geometric = steps[: convert[0]]
+    if any(type(step).__name__.startswith("Random") for step in geometric):
+        raise ValueError(f"an eval preprocess has no random steps: {preprocess!r}")
+    normalize = steps[-1]
+    return CropThenNormalise(geometric, tuple(float(m) for m in normalize.mean), tuple(float(s) for s in normalize.std))
+
+
+_CONVERSIONS = {"MaybeConvertMode", "MaybeToTensor", "ToTensor", "PILToTensor"}
+
+
 def train_transform(size: int, scale: tuple[float, float], mean=OPENAI_MEAN, std=OPENAI_STD) -> T.Compose:
     """RandomResizedCrop(scale, bicubic) -> horizontal flip -> normalise.
 
@@ -72,7 +100,7 @@ class CropThenNormalise(T.Compose):
                 image = F.hflip(image) if next(drawn) else image
             else:
                 image = step(image)
-        return F.pil_to_tensor(image.convert("RGB"))
+        return F.pil_to_tensor(image if image.mode == "RGB" else image.convert("RGB"))  # no copy when RGB
 
 
 def normalise(images: torch.Tensor, mean, std) -> torch.Tensor:
