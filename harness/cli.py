@@ -23,12 +23,7 @@ app.add_typer(data_app, name="data")
 DEFAULT_RESULTS = os.environ.get("BENCH_RESULTS", "results")
 
 
-class Kind(str, Enum):
-    methods = "methods"
-    suites = "suites"
-    datasets = "datasets"
-    models = "models"
-    protocols = "protocols"
+Kind = Enum("Kind", {k: k for k in ("methods", "suites", "datasets", "models", "protocols")}, type=str)
 
 
 def _split(text: Optional[str]) -> Optional[list[str]]:
