@@ -181,9 +181,6 @@ class JoinedChunks:
     def __len__(self) -> int:
         return self.batches
 
-    @property
-    def dataset(self):
-        return self.loader.dataset
 
     def __iter__(self):
         parts: list = []
@@ -215,9 +212,6 @@ class DeviceBatches:
     def __len__(self) -> int:
         return len(self.loader)
 
-    @property
-    def dataset(self):
-        return self.loader.dataset
 
     def __iter__(self):
         # The draw a DataLoader makes when an epoch starts (its workers' base seed): made here, once per
@@ -366,9 +360,6 @@ class FillingCrops:
     def __len__(self) -> int:
         return len(self.loader)
 
-    @property
-    def dataset(self):
-        return self.loader.dataset
 
     def __iter__(self):
         sink, offset, whole = None, 0, False
@@ -397,9 +388,6 @@ class StoredCrops:
     def __len__(self) -> int:
         return -(-len(self.labels) // self.batch_size)
 
-    @property
-    def dataset(self):
-        return self.crops
 
     def __iter__(self):
         for start in range(0, len(self.labels), self.batch_size):
