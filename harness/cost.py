@@ -165,7 +165,7 @@ def plan_trial(spec, sizes: Sizes, done: set | None = None,
     """(ledger, images decoded) of ``spec`` on splits of ``sizes``, without running it (see WorkPlan).
     The inference timing's warm-up batch, once per process, is not planned."""
     plan = WorkPlan(spec, sizes, set() if done is None else done, path)
-    for plugin, config in spec.configs():
+    for plugin, config in spec.resolved.plugins:
         plan.stage = (plan.stage, plugin.name, plugin.version, repr(config))
         plugin.plan_work(config, plan)
     plan.evaluation()

@@ -424,7 +424,7 @@ def check_shm(specs, cpus_per_trial: float, free: int | None = None) -> None:
     free = shm_free_bytes() if free is None else free
     if free is None:
         return
-    batch = max(max((getattr(c, "batch_size", 0) for _, c in s.configs()), default=0) for s in cuda)
+    batch = max(max((getattr(c, "batch_size", 0) for _, c in s.resolved.plugins), default=0) for s in cuda)
     batch = max(batch, 100, *(s.infer_batch_size for s in cuda))
     need = shm_bytes_needed(workers, batch, max(_image_size(s.model) for s in cuda))
     if free < need:

@@ -103,10 +103,6 @@ class TrialSpec:
             for i in range(len(plugins)))
         return Resolved(plugins, hparams, settings, trial_id, stage_keys)
 
-    def configs(self) -> list[tuple[type, Any]]:
-        """The stack's plugins in pipeline order, each with its resolved config."""
-        return list(self.resolved.plugins)
-
     @property
     def trial_id(self) -> str:
         if not self.resolved.trial_id:

@@ -76,14 +76,14 @@ def parse_space(plugin: type, table: Any, where: str) -> dict[str, Search]:
 def stack_space(spec: TrialSpec, overrides: dict[str, dict[str, Search]]) -> dict[str, Search]:
     """The stack's search space, ``method.key`` -> Search: each method's declared one, or the suite's."""
     space = {}
-    for plugin, _ in spec.configs():
+    for plugin, _ in spec.resolved.plugins:
         chosen = overrides.get(plugin.name, overrides.get(plugin.variant_of or "", plugin.search_space()))
         space.update({f"{plugin.name}.{key}": search for key, search in chosen.items()})
     return space
 
 
 def _hints(spec: TrialSpec) -> dict[str, Any]:
-    return {f"{p.name}.{k}": h for p, _ in spec.configs()
+    return {f"{p.name}.{k}": h for p, _ in spec.resolved.plugins
             for k, h in typing.get_type_hints(p.Config, include_extras=True).items()}
 
 
@@ -255,10 +255,10 @@ def plan_cells(specs: list[TrialSpec], suite, budget: int, search: str, oracle: 
                                       selection=selection, tuning={**base, "trial": i, "settings": point})
                   for i, point in enumerate(points)]
         if search == "asha":
-            most = max(_epochs(t.configs()[-1][1]) for t in trials)
+            most = max(_epochs(t.resolved.plugins[-1][1]) for t in trials)
             trials = [dataclasses.replace(t, tuning={**t.tuning, "max_epochs": int(most)}) for t in trials]
         for t in trials:
-            t.configs()  # every point is a valid setting (e.g. a Config's cross-checks), now
+            t.resolved  # every point is a valid setting (e.g. a Config's cross-checks), now
         cells.append(Cell(fixed, cell, space, trials))
     return cells
 

@@ -90,7 +90,7 @@ def test_a_worker_process_resolves_a_suite_variant_from_the_spec_alone(tmp_path,
     spec = plan_trials(suite, run="w", results=str(tmp_path), data_root=str(fixture_root))[0]
     code = ("import json, sys; from bench.spec import TrialSpec; "
             "s = TrialSpec.from_dict(json.loads(sys.stdin.read())); "
-            "print(s.trial_id, s.configs()[0][1].gdr_lambda)")
+            "print(s.trial_id, s.resolved.plugins[0][1].gdr_lambda)")
     out = subprocess.run([sys.executable, "-c", code], input=json.dumps(spec.to_dict()), capture_output=True,
                          text=True, check=True).stdout.split()
     assert out == [spec.trial_id, "0.25"]

@@ -102,7 +102,7 @@ class ProgressCallback(tune.Callback):
     def on_trial_recover(self, iteration, trials, trial, **info):
         trial_id, spec = self._spec(trial)
         self.bar.trial_ended(trial_id)  # back in the queue until Tune starts it again
-        if local_node_stopped(None):
+        if local_node_stopped():
             return  # nowhere to reschedule: the run ends with one line that says so
         self.bar.console.print(f"trial {trial_id} ({spec.dataset}, {spec.shots}-shot, seed {spec.seed}, "
                                f"{spec.stack}): {_what_happened(trial)}; rescheduled "
@@ -160,9 +160,9 @@ class StageAwareSearcher(Searcher):
             self.order.done(self.running.pop(trial_id))
 
 
-def local_node_stopped(address: str | None) -> bool:
-    """Whether the Ray node this process started (none when it joined a cluster at ``address``) has stopped."""
+def local_node_stopped() -> bool:
+    """Whether the Ray node this process started has stopped (never, for a driver that joined a cluster)."""
     import ray
 
-    node = getattr(ray._private.worker, "_global_node", None)  # None on a joined cluster's driver
-    return address is None and node is not None and node.is_head() and not node.remaining_processes_alive()
+    node = getattr(ray._private.worker, "_global_node", None)  # a joined cluster's driver starts no head
+    return node is not None and node.is_head() and not node.remaining_processes_alive()

@@ -250,7 +250,7 @@ def _watch_local_node(address: str | None, console: Console, log: Path):
 
     def watch() -> None:
         while not done.wait(0.5):
-            if local_node_stopped(address):
+            if local_node_stopped():
                 console.print(f"[bold red]error:[/] {_node_stopped(log)}", highlight=False, soft_wrap=True)
                 console.file.flush()
                 os._exit(1)
@@ -321,9 +321,9 @@ def run_with_ray(specs: list[TrialSpec], *, address: str | None = None, cpus_per
             try:
                 tuner.fit()
             except Exception:
-                if not local_node_stopped(address):
+                if not local_node_stopped():
                     raise
-            if local_node_stopped(address):
+            if local_node_stopped():
                 raise BenchError(_node_stopped(log))
     callback.raise_problems()
     return counts
