@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from ..console import err, out
 from ..errors import BenchError
-from ..results import RunFolder
+
+if TYPE_CHECKING:  # the command imports this module: pandas and pyarrow load only once a report is made
+    import pandas as pd
+
+    from ..results import RunFolder
 
 
 class Format(str, Enum):
